@@ -1,0 +1,175 @@
+"""The datapath driver contract.
+
+A driver makes the kernel hold a ``DesiredState`` and reads back what it holds. The
+core never touches the kernel; drivers never read Kubernetes objects. Built-in drivers
+register in the entry-point group ``lbcore.drivers`` exactly as third-party ones do.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ConfigError
+from .model import DesiredState, Frontend, FrontendState, FrontendType, NodeInfo, ServiceKey
+
+ALL_FRONTEND_TYPES = frozenset(FrontendType)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver can program. The core reports frontends that need more."""
+
+    frontend_types: frozenset[FrontendType] = ALL_FRONTEND_TYPES
+    protocols: frozenset[str] = frozenset({"TCP", "UDP"})
+    families: frozenset[int] = frozenset({4, 6})
+    session_affinity: bool = False
+    source_ranges: bool = False
+    external_traffic_local: bool = False
+    internal_traffic_local: bool = True
+    algorithms: frozenset[str] = frozenset({"random"})
+    description: str = ""
+
+    def unsupported(self, fe: Frontend) -> str | None:
+        """Why this driver cannot program ``fe`` faithfully, or None."""
+        if fe.type not in self.frontend_types:
+            return f"{fe.type.value} frontends are not supported"
+        if fe.protocol not in self.protocols:
+            return f"protocol {fe.protocol} is not supported"
+        if fe.family not in self.families:
+            return f"IPv{fe.family} is not supported"
+        if fe.session_affinity_timeout is not None and not self.session_affinity:
+            return "sessionAffinity ClientIP is not supported"
+        if fe.source_ranges and not self.source_ranges:
+            return "loadBalancerSourceRanges cannot be enforced"
+        algorithm = fe.annotations.get("lbcore.io/lb-algorithm", "random")
+        if algorithm not in self.algorithms:
+            return f"lb-algorithm {algorithm!r} is not supported"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "frontend_types": sorted(t.value for t in self.frontend_types),
+            "protocols": sorted(self.protocols),
+            "families": sorted(self.families),
+            "session_affinity": self.session_affinity,
+            "source_ranges": self.source_ranges,
+            "external_traffic_local": self.external_traffic_local,
+            "internal_traffic_local": self.internal_traffic_local,
+            "algorithms": sorted(self.algorithms),
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A preflight finding: what is wrong and how to fix it."""
+
+    check: str
+    message: str
+    fix: str = ""
+    fatal: bool = True
+
+    def __str__(self) -> str:
+        text = f"{self.check}: {self.message}"
+        return f"{text}\n    fix: {self.fix}" if self.fix else text
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What a sync did, for logs and metrics."""
+
+    full: bool
+    frontends: int  # frontends the datapath holds after the sync
+    services_written: int = 0  # services whose entries were (re)written
+    services_removed: int = 0
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Driver(abc.ABC):
+    """Base class of every datapath driver.
+
+    Subclasses validate ``options`` in ``__init__`` (raise ``ConfigError`` naming the
+    option), load nothing until ``setup``, and keep render (pure) / apply (kernel) /
+    read back (kernel -> model) in separate functions.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, options: Mapping[str, Any], node: NodeInfo) -> None:
+        self.options = dict(options)
+        self.node = node
+
+    @classmethod
+    @abc.abstractmethod
+    def capabilities(cls) -> Capabilities: ...
+
+    def check(self) -> list[Problem]:
+        """Preflight: kernel features, tools, permissions. Empty when ready."""
+        return []
+
+    @abc.abstractmethod
+    def setup(self) -> None:
+        """Load and attach; adopt what an earlier run left (no gap, no duplicates)."""
+
+    @abc.abstractmethod
+    def sync(self, state: DesiredState, changed: frozenset[ServiceKey] | None) -> SyncResult:
+        """Make the kernel hold ``state``.
+
+        ``changed`` names the services that changed since the last successful sync;
+        ``None`` asks for a full sync (reconcile everything against the kernel).
+        Must be idempotent. On failure raise ``DriverError``; the core retries with a
+        full sync.
+        """
+
+    @abc.abstractmethod
+    def dump(self) -> list[FrontendState]:
+        """What the kernel holds now, read back from it (not from memory)."""
+
+    @abc.abstractmethod
+    def cleanup(self) -> None:
+        """Remove everything this driver created."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release user-space resources; the datapath stays in place."""
+
+
+def option(
+    options: Mapping[str, Any],
+    driver: str,
+    name: str,
+    kind: type,
+    default: Any,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> Any:
+    """Read and check one driver option; raise ``ConfigError`` naming it."""
+    value = options.get(name, default)
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(
+            f"driver_options.{name}: {value!r} is not an integer (driver {driver})"
+        )
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"driver_options.{name}: {value!r} is not a string (driver {driver})")
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"driver_options.{name}: {value!r} is not true/false (driver {driver})")
+    if kind is int and minimum is not None and value < minimum:
+        raise ConfigError(
+            f"driver_options.{name}: {value} is below the minimum {minimum} (driver {driver})"
+        )
+    if kind is int and maximum is not None and value > maximum:
+        raise ConfigError(
+            f"driver_options.{name}: {value} is above the maximum {maximum} (driver {driver})"
+        )
+    return value
+
+
+def reject_unknown_options(options: Mapping[str, Any], driver: str, known: set[str]) -> None:
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"driver_options: unknown option(s) {', '.join(unknown)} for driver {driver} "
+            f"(valid: {', '.join(sorted(known))})"
+        )
