@@ -102,7 +102,9 @@ def _parse_node(raw: Any, path: Path) -> NodeInfo:
         try:
             normalised.append(normalise_ip(str(addr)))
         except ValueError:
-            raise _fail(path, f"node.addresses[{i}]", f"{addr!r}", "an IPv4 or IPv6 address")
+            raise _fail(
+                path, f"node.addresses[{i}]", f"{addr!r}", "an IPv4 or IPv6 address"
+            ) from None
         if ipaddress.ip_address(normalised[-1]).is_unspecified:
             raise _fail(path, f"node.addresses[{i}]", f"{addr!r}", "a unicast address")
     zone = raw.get("zone")

@@ -14,6 +14,7 @@ objects compare, hash and print simply.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class ServiceKey:
 # ----------------------------------------------------------------- cluster objects
 
 
-class ServiceType(str, enum.Enum):
+class ServiceType(enum.StrEnum):
     CLUSTER_IP = "ClusterIP"
     NODE_PORT = "NodePort"
     LOAD_BALANCER = "LoadBalancer"
@@ -162,14 +163,14 @@ class NodeInfo:
     zone: str | None = None
 
 
-class FrontendType(str, enum.Enum):
+class FrontendType(enum.StrEnum):
     CLUSTER_IP = "ClusterIP"
     NODE_PORT = "NodePort"
     EXTERNAL_IP = "ExternalIP"
     LOAD_BALANCER = "LoadBalancer"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Backend:
     ip: str
     port: int
@@ -186,7 +187,7 @@ class Backend:
         return ip_family(self.ip)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class FrontendAddress:
     """(ip, port, protocol): what a datapath matches on."""
 
@@ -268,17 +269,13 @@ class DesiredState:
     frontends: tuple[Frontend, ...] = ()
     skipped: tuple[SkippedService, ...] = ()
 
-    def __post_init__(self) -> None:
+    @functools.cached_property
+    def services(self) -> Mapping[ServiceKey, tuple[Frontend, ...]]:
+        """Frontends by service, built on first use (partial syncs may never need it)."""
         index: dict[ServiceKey, list[Frontend]] = {}
         for fe in self.frontends:
             index.setdefault(fe.service, []).append(fe)
-        object.__setattr__(
-            self, "_by_service", MappingProxyType({k: tuple(v) for k, v in index.items()})
-        )
-
-    @property
-    def services(self) -> Mapping[ServiceKey, tuple[Frontend, ...]]:
-        return self._by_service  # type: ignore[attr-defined]
+        return MappingProxyType({k: tuple(v) for k, v in index.items()})
 
     def frontends_of(self, key: ServiceKey) -> tuple[Frontend, ...]:
         return self.services.get(key, ())
@@ -293,7 +290,7 @@ class DesiredState:
 # -------------------------------------------------------------------- read back
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class BackendState:
     ip: str
     port: int

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -211,6 +213,12 @@ class SockLBDriver(Driver):
     # ----------------------------------------------------------------- sync
 
     def sync(self, state: DesiredState, changed: frozenset[ServiceKey] | None) -> SyncResult:
+        # A full sync allocates ~10 objects per backend, all long-lived: left on,
+        # the cyclic GC would run repeated full collections over them and find nothing.
+        with gc_paused():
+            return self._sync(state, changed)
+
+    def _sync(self, state: DesiredState, changed: frozenset[ServiceKey] | None) -> SyncResult:
         if self._maps is None:
             raise DriverError(NAME, "sync before setup")
         full = changed is None or self._image is None
@@ -219,13 +227,17 @@ class SockLBDriver(Driver):
             self._maps.delete_slots(stray)
             self._adopt(image)
         assert self._image is not None and self._ids is not None
-        wanted = _index_by_address(state)
         if full:
+            wanted = _index_by_address(state.frontends)
             candidates = set(wanted) | set(self._image.services)
         else:
             assert changed is not None
-            candidates = {a for k in changed for a in self._synced.get(k, ())}
-            candidates |= {fe.address for k in changed for fe in state.frontends_of(k)}
+            wanted = _index_by_address(fe for k in changed for fe in state.frontends_of(k))
+            candidates = {a for k in changed for a in self._synced.get(k, ())} | set(wanted)
+            orphaned = candidates - set(wanted)
+            if orphaned:  # rare: an unchanged service may claim an address a changed one left
+                wanted.update(_index_by_address(
+                    fe for fe in state.frontends if fe.address in orphaned))
         try:
             plan, after = self._plan(candidates, wanted, prune=full)
             self._check_capacity(plan, after)
@@ -233,7 +245,7 @@ class SockLBDriver(Driver):
         except Exception:
             self._image = None  # next sync re-reads the kernel and re-seeds the ids
             raise
-        self._commit(plan, after, state)
+        self._commit(plan, after, state, changed if not full else None)
         return SyncResult(full=full, frontends=len(after.services),
                           services_written=plan.services_written,
                           services_removed=plan.services_removed,
@@ -254,13 +266,15 @@ class SockLBDriver(Driver):
             option_name = "backend_map_max" if pending else "revnat_map_max"
             raise CapacityError(NAME, "id allocation", len(wanted),
                                 self.opts.map_sizes[option_name], option_name) from None
-        return plan_sync(self._image, desired, pending, prune_orphans=prune)
+        # Partial syncs update the mirror in place (copying 100k entries costs more
+        # than the sync); if anything fails, the mirror is dropped and re-read.
+        return plan_sync(self._image, desired, pending, prune_orphans=prune, in_place=not prune)
 
     def _check_capacity(self, plan: Plan, after: MapImage) -> None:
         assert self._image is not None
         sizes = self.opts.map_sizes
         needs = (
-            ("service slots", after.slot_entries() + plan.slot_overshoot, "service_map_max"),
+            ("service slots", after.slot_count + plan.slot_overshoot, "service_map_max"),
             ("backends", len(self._image.backends) + len(plan.backend_puts), "backend_map_max"),
             ("frontends", len(self._image.revnat) + len(plan.revnat_puts), "revnat_map_max"),
         )
@@ -268,14 +282,24 @@ class SockLBDriver(Driver):
             if needed > sizes[opt]:
                 raise CapacityError(NAME, what, needed, sizes[opt], opt)
 
-    def _commit(self, plan: Plan, after: MapImage, state: DesiredState) -> None:
+    def _commit(self, plan: Plan, after: MapImage, state: DesiredState,
+                changed: frozenset[ServiceKey] | None) -> None:
         assert self._ids is not None
         for rid in plan.revnat_deletes:
             self._ids.revnat.release(rid)
         for bid in plan.backend_deletes:
             self._ids.backend.release(bid)
         self._image = after
-        self._synced = {k: tuple(fe.address for fe in fes) for k, fes in state.services.items()}
+        if changed is None:
+            self._synced = {k: tuple(fe.address for fe in fes)
+                            for k, fes in state.services.items()}
+            return
+        for key in changed:
+            frontends = state.frontends_of(key)
+            if frontends:
+                self._synced[key] = tuple(fe.address for fe in frontends)
+            else:
+                self._synced.pop(key, None)
 
     # ------------------------------------------------------------- read back
 
@@ -305,9 +329,20 @@ class SockLBDriver(Driver):
         self._bpf = self._maps = None
 
 
-def _index_by_address(state: DesiredState) -> dict[FrontendAddress, Frontend]:
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _index_by_address(frontends: Iterable[Frontend]) -> dict[FrontendAddress, Frontend]:
     index: dict[FrontendAddress, Frontend] = {}
-    for fe in state.frontends:
+    for fe in frontends:
         if fe.address in index:
             log.warning("socklb: %s is claimed by %s and %s; keeping the first",
                         fe.address, index[fe.address].service_port, fe.service_port)

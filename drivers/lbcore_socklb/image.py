@@ -31,7 +31,7 @@ MAX_REVNAT_ID = 0xFFFF  # rev_nat_id is a __u16 in the maps
 MAX_BACKEND_ID = 0xFFFFFFFF
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class BackendAddr:
     ip: str
     port: int
@@ -42,13 +42,13 @@ class BackendAddr:
         return f"{host}:{self.port}/{self.protocol}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slot:
     backend_id: int
     condition: Condition = Condition.READY
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceEntry:
     """Header (slot 0) and backend slots (1..n) of one frontend."""
 
@@ -77,8 +77,11 @@ class MapImage:
     backend_refs: Counter[int] = field(default_factory=Counter)
 
     backend_ids: dict[BackendAddr, int] = field(default_factory=dict)
+    slot_count: int = -1  # entries in lbc_svc (headers + slots), kept up to date by plan_sync
 
     def __post_init__(self) -> None:
+        if self.slot_count < 0:
+            self.slot_count = self.slot_entries()
         if not self.backend_ids:
             self.backend_ids = {addr: bid for bid, addr in self.backends.items()}
         if not self.backend_refs:
@@ -87,7 +90,7 @@ class MapImage:
 
     def copy(self) -> MapImage:
         return MapImage(dict(self.services), dict(self.backends), dict(self.revnat),
-                        Counter(self.backend_refs), dict(self.backend_ids))
+                        Counter(self.backend_refs), dict(self.backend_ids), self.slot_count)
 
     def slot_entries(self) -> int:
         """Entries in lbc_svc: one header plus one per slot, per frontend."""

@@ -119,7 +119,9 @@ def attach_all(bpf: Any, cgroup_path: str) -> None:
             try:
                 BPF.attach_func(fn, fd, _attach_type(hook))
             except Exception as exc:
-                raise DriverError(DRIVER, f"attaching {hook.function} to {cgroup_path}: {exc}")
+                raise DriverError(
+                    DRIVER, f"attaching {hook.function} to {cgroup_path}: {exc}"
+                ) from exc
 
 
 def detach_all(cgroup_path: str) -> int:

@@ -8,10 +8,11 @@ so a full sync of 10,000 services costs a handful of syscalls, not 200,000.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
-import ipaddress
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -34,21 +35,24 @@ DRIVER = "socklb"
 PROTO_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
 PROTO_NAMES = {num: name for name, num in PROTO_NUMBERS.items()}
 _V4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
+_WORDS = struct.Struct("=4I")  # lb_addr.words: four u32 in host order over network bytes
 
 
 @lru_cache(maxsize=262144)
-def address_words(ip: str) -> tuple[int, int, int, int]:
+def address_words(ip: str) -> tuple[int, ...]:
     """16 bytes in network order as four native u32 words (IPv4 mapped)."""
-    addr = ipaddress.ip_address(ip)
-    packed = _V4_MAPPED_PREFIX + addr.packed if addr.version == 4 else addr.packed
-    return tuple(int.from_bytes(packed[i : i + 4], "little") for i in range(0, 16, 4))  # type: ignore[return-value]
+    if ":" in ip:
+        packed = socket.inet_pton(socket.AF_INET6, ip)
+    else:
+        packed = _V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, ip)
+    return _WORDS.unpack(packed)
 
 
 def words_address(words: Sequence[int]) -> str:
-    packed = b"".join(int(w).to_bytes(4, "little") for w in words)
+    packed = _WORDS.pack(*words)
     if packed.startswith(_V4_MAPPED_PREFIX):
-        return str(ipaddress.IPv4Address(packed[12:]))
-    return str(ipaddress.IPv6Address(packed))
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed)
 
 
 class KernelMaps:
@@ -107,20 +111,35 @@ class KernelMaps:
 
     def apply(self, plan: Plan) -> None:
         """Write ``plan`` phase by phase; each phase completes before the next."""
-        self._put(self.backends, [(self.backends.Key(bid), self._backend(a))
-                                  for bid, a in plan.backend_puts])
-        self._put(self.revnat, [(self.revnat.Key(rid), self._revnat(fe))
-                                for rid, fe in plan.revnat_puts])
-        self._put(self.aff_match, [(self._match_key(b, r), self.aff_match.Leaf(1))
-                                   for b, r in plan.match_puts])
-        self._put(self.svc, [(self._svc_key(fe, i), self._slot(s)) for fe, i, s in plan.slot_puts])
-        self._put(self.svc, [(self._svc_key(e.frontend, 0), self._header(e))
-                             for e in plan.header_puts])
-        self._delete(self.svc, [self._svc_key(fe, 0) for fe in plan.header_deletes])
-        self._delete(self.svc, [self._svc_key(fe, i) for fe, i in plan.slot_deletes])
-        self._delete(self.revnat, [self.revnat.Key(rid) for rid in plan.revnat_deletes])
-        self._delete(self.aff_match, [self._match_key(b, r) for b, r in plan.match_deletes])
-        self._delete(self.backends, [self.backends.Key(bid) for bid in plan.backend_deletes])
+        for map_name, op, items in plan.phases():
+            if not items:
+                continue
+            table, encode = self._codecs()[map_name]
+            if op == "put":
+                self._put(table, [encode(item) for item in items])
+            else:
+                self._delete(table, [self._delete_key(map_name, item) for item in items])
+
+    def _codecs(self) -> dict[str, tuple[Any, Callable[[Any], tuple[Any, Any]]]]:
+        return {
+            "backends": (self.backends, lambda i: (self.backends.Key(i[0]), self._backend(i[1]))),
+            "revnat": (self.revnat, lambda i: (self.revnat.Key(i[0]), self._revnat(i[1]))),
+            "aff_match": (self.aff_match,
+                          lambda i: (self._match_key(*i), self.aff_match.Leaf(1))),
+            "slots": (self.svc, lambda i: (self._svc_key(i[0], i[1]), self._slot(i[2]))),
+            "headers": (self.svc, lambda e: (self._svc_key(e.frontend, 0), self._header(e))),
+        }
+
+    def _delete_key(self, map_name: str, item: Any) -> Any:
+        if map_name == "backends":
+            return self.backends.Key(item)
+        if map_name == "revnat":
+            return self.revnat.Key(item)
+        if map_name == "aff_match":
+            return self._match_key(*item)
+        if map_name == "slots":
+            return self._svc_key(item[0], item[1])
+        return self._svc_key(item, 0)  # headers
 
     def _put(self, table: Any, items: list[tuple[Any, Any]]) -> None:
         if not items:
@@ -138,10 +157,8 @@ class KernelMaps:
         except Exception:
             # A key already gone (e.g. removed by hand) fails the batch: go one by one.
             for key in keys:
-                try:
+                with contextlib.suppress(KeyError):
                     del table[key]
-                except KeyError:
-                    pass
 
     # ----------------------------------------------------------- read back
 

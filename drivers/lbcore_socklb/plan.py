@@ -35,6 +35,25 @@ class Plan:
     services_written: int = 0
     services_removed: int = 0
 
+    def phases(self) -> list[tuple[str, str, list]]:
+        """(map, "put" | "delete", items) in the order they must reach the kernel.
+
+        The single statement of the ordering rule; the kernel writer and the
+        tests' concurrent-reader simulation both walk it.
+        """
+        return [
+            ("backends", "put", self.backend_puts),
+            ("revnat", "put", self.revnat_puts),
+            ("aff_match", "put", self.match_puts),
+            ("slots", "put", self.slot_puts),
+            ("headers", "put", self.header_puts),
+            ("headers", "delete", self.header_deletes),
+            ("slots", "delete", self.slot_deletes),
+            ("revnat", "delete", self.revnat_deletes),
+            ("aff_match", "delete", self.match_deletes),
+            ("backends", "delete", self.backend_deletes),
+        ]
+
     def writes(self) -> int:
         return sum(
             len(ops)
@@ -58,6 +77,7 @@ def plan_sync(
     new_backends: Mapping[BackendAddr, int],
     *,
     prune_orphans: bool = False,
+    in_place: bool = False,
 ) -> tuple[Plan, MapImage]:
     """Writes that take ``current`` to hold ``desired`` for the frontends it names.
 
@@ -65,10 +85,12 @@ def plan_sync(
     frontends not named are left alone (partial sync). ``new_backends`` are the ids
     allocated for backends the maps do not hold yet. With ``prune_orphans`` (full
     sync), backends and reverse-NAT entries no service refers to are removed too.
-    Returns the plan and the image the maps will hold once it is applied.
+    Returns the plan and the image the maps will hold once it is applied; with
+    ``in_place`` that image is ``current`` itself, updated (each frontend is read
+    before it is written, so the result is the same).
     """
     plan = Plan()
-    after = current.copy()
+    after = current if in_place else current.copy()
     touched_backends: set[int] = set()
 
     for addr, bid in sorted(new_backends.items(), key=lambda item: item[1]):
@@ -77,7 +99,7 @@ def plan_sync(
         after.backend_ids[addr] = bid
 
     for addr in sorted(desired):
-        entry, old = desired[addr], current.services.get(addr)
+        entry, old = desired[addr], after.services.get(addr)
         if entry == old:
             continue
         if old is not None:
@@ -114,6 +136,7 @@ def _plan_removal(plan: Plan, after: MapImage, old: ServiceEntry) -> None:
         plan.revnat_deletes.append(old.rev_nat_id)
         del after.revnat[old.rev_nat_id]
     del after.services[old.frontend]
+    after.slot_count -= 1 + len(old.slots)
 
 
 def _plan_update(
@@ -137,3 +160,4 @@ def _plan_update(
     plan.match_deletes.extend(sorted(old_pairs - new_pairs))
     after.backend_refs.update(slot.backend_id for slot in entry.slots)
     after.services[addr] = entry
+    after.slot_count += len(entry.slots) - len(old_slots) + (0 if old else 1)

@@ -1,0 +1,261 @@
+"""Frontend expansion: validated cluster objects -> what this node's datapath holds.
+
+Follows kube-proxy (pkg/proxy: ServicePortInfo, EndpointSliceCache, CategorizeEndpoints):
+
+* Every service port becomes frontends on each cluster IP, on each node address
+  (NodePort: this node's configured addresses plus those of every Node object, as
+  Cilium's socket-LB answers NodePort on all node IPs), on each externalIP, and on each
+  LoadBalancer ingress IP. Only addresses of the service's IP families are used.
+* Backends come from the service's EndpointSlices of the frontend's family. The backend
+  port is that of the slice port with the service port's name and protocol; a slice
+  that lists no ports at all falls back to a numeric targetPort. Only each endpoint's
+  first address is used. An address:port in several slices counts once, ready first.
+* Ready endpoints are used; if none is ready, serving-and-terminating ones are (KEP-1669);
+  not-serving ones never. The same fallback applies among node-local endpoints.
+* ``backends`` (clients in the cluster): internalTrafficPolicy for ClusterIP frontends,
+  all cluster endpoints for the others (kube-proxy's short-circuit of pod and host
+  traffic). ``external_backends``: externalTrafficPolicy for NodePort, ExternalIP and
+  LoadBalancer frontends; for ClusterIP frontends the same as ``backends``.
+
+Nothing is dropped silently: whatever is not programmed appears in ``skipped``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .model import (
+    Backend,
+    ClusterObjects,
+    Condition,
+    DesiredState,
+    EndpointSlice,
+    Frontend,
+    FrontendAddress,
+    FrontendType,
+    NodeInfo,
+    Service,
+    ServicePort,
+    ServiceType,
+    SkippedService,
+    ip_family,
+)
+
+SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+HEADLESS_LABEL = "service.kubernetes.io/headless"
+_SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}  # FQDN slices carry no addresses to balance to
+_TYPE_ORDER = {t: i for i, t in enumerate(FrontendType)}
+
+
+def expand(
+    objects: ClusterObjects, node: NodeInfo, *, service_proxy_name: str | None = None
+) -> DesiredState:
+    """The full desired state for ``node``, frontends in a deterministic order."""
+    node_ips = node_addresses(objects, node)
+    frontends: list[Frontend] = []
+    skipped: list[SkippedService] = []
+    for key in sorted(objects.services):
+        service = objects.services[key]
+        reason = skip_reason(service, service_proxy_name)
+        if reason is not None:
+            skipped.append(SkippedService(key, reason))
+            continue
+        expansion = _ServiceExpansion(service, objects.slices.get(key, ()), node, node_ips)
+        frontends += expansion.frontends
+        skipped += expansion.skipped
+    frontends.sort(key=frontend_order)
+    return DesiredState(node=node, frontends=tuple(frontends), skipped=tuple(skipped))
+
+
+def node_addresses(objects: ClusterObjects, node: NodeInfo) -> tuple[str, ...]:
+    """Every address NodePort frontends open on, de-duplicated, in address order."""
+    addresses = set(node.addresses)
+    for n in objects.nodes.values():
+        addresses.update(n.addresses)
+    return tuple(sorted(addresses, key=_ip_order))
+
+
+def skip_reason(service: Service, service_proxy_name: str | None = None) -> str | None:
+    """Why ``service`` gets no frontends at all, or None (kube-proxy's ShouldSkipService
+    plus the label selection it applies to its Service informer)."""
+    proxy_name = service.labels.get(SERVICE_PROXY_NAME_LABEL)
+    if proxy_name is not None and proxy_name != service_proxy_name:
+        return f"labelled {SERVICE_PROXY_NAME_LABEL}={proxy_name}: served by another proxy"
+    if proxy_name is None and service_proxy_name is not None:
+        return f"not labelled {SERVICE_PROXY_NAME_LABEL}={service_proxy_name}"
+    if HEADLESS_LABEL in service.labels:
+        return f"labelled {HEADLESS_LABEL}: no load balancing"
+    if service.type is ServiceType.EXTERNAL_NAME:
+        return f"ExternalName service (DNS CNAME to {service.external_name}): no load balancing"
+    if service.headless:
+        return "headless service (clusterIP None): no load balancing"
+    if not service.cluster_ips:
+        return "no clusterIP allocated"
+    return None
+
+
+def frontend_order(fe: Frontend) -> tuple[object, ...]:
+    """Service, port name, frontend type, then address (numerically)."""
+    return (fe.service, fe.port_name, _TYPE_ORDER[fe.type], _ip_order(fe.ip), fe.port,
+            fe.protocol)
+
+
+def _ip_order(ip: str) -> tuple[int, int]:
+    address = ipaddress.ip_address(ip)
+    return address.version, int(address)
+
+
+# ------------------------------------------------------------------- endpoints
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One endpoint address:port of one family, before filtering."""
+
+    ip: str
+    port: int
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str | None
+    zone: str | None
+
+    @property
+    def rank(self) -> int:
+        """Preference when the same address:port is in several slices."""
+        if self.ready:
+            return 2
+        return 1 if self.serving and self.terminating else 0
+
+
+def candidates(slices: Iterable[EndpointSlice], port: ServicePort,
+               family: int) -> list[_Candidate]:
+    """Endpoints of ``family`` that serve ``port``, merged across slices."""
+    merged: dict[tuple[str, int], _Candidate] = {}
+    for eps in slices:
+        if _SLICE_FAMILIES.get(eps.address_type) != family:
+            continue
+        number = _backend_port(eps, port)
+        if number is None:
+            continue
+        for ep in eps.endpoints:
+            c = _Candidate(ep.addresses[0], number, ep.ready, ep.serving, ep.terminating,
+                           ep.node_name, ep.zone)
+            key = (c.ip, c.port)
+            if key not in merged or c.rank > merged[key].rank:
+                merged[key] = c
+    return list(merged.values())
+
+
+def _backend_port(eps: EndpointSlice, port: ServicePort) -> int | None:
+    for sp in eps.ports:
+        if sp.name == port.name and sp.protocol == port.protocol:
+            return sp.port
+    if not eps.ports and isinstance(port.target_port, int):
+        return port.target_port
+    return None
+
+
+def usable(found: Sequence[_Candidate]) -> tuple[Backend, ...]:
+    """Ready endpoints; else serving-and-terminating ones; never not-serving ones."""
+    chosen = [(c, Condition.READY) for c in found if c.ready]
+    if not chosen:
+        chosen = [(c, Condition.TERMINATING) for c in found if c.serving and c.terminating]
+    backends = (Backend(c.ip, c.port, cond, c.node_name, c.zone) for c, cond in chosen)
+    return tuple(sorted(backends, key=lambda b: (_ip_order(b.ip), b.port)))
+
+
+# ------------------------------------------------------------ one service
+
+
+class _ServiceExpansion:
+    """The frontends (and skipped frontends) of one service that is not skipped."""
+
+    def __init__(self, service: Service, slices: Sequence[EndpointSlice], node: NodeInfo,
+                 node_ips: Sequence[str]) -> None:
+        self.service = service
+        self.node = node
+        self.frontends: list[Frontend] = []
+        self.skipped: list[SkippedService] = []
+        families = tuple(ip_family(ip) for ip in service.cluster_ips)
+        for port in service.ports:
+            for family in families:
+                found = candidates(slices, port, family)
+                cluster = usable(found)
+                local = usable([c for c in found if c.node_name == node.name])
+                self._port(port, family, node_ips, cluster, local)
+            self._foreign_families(port, families)
+
+    def _port(self, port: ServicePort, family: int, node_ips: Sequence[str],
+              cluster: tuple[Backend, ...], local: tuple[Backend, ...]) -> None:
+        svc = self.service
+        internal = local if svc.internal_traffic_local else cluster
+        external = local if svc.external_traffic_local else cluster
+        for ip in svc.cluster_ips:
+            if ip_family(ip) == family:
+                self._add(port, FrontendType.CLUSTER_IP, ip, port.port, internal, internal)
+        if svc.type in (ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER):
+            if port.node_port is not None:
+                for ip in node_ips:
+                    if ip_family(ip) == family:
+                        self._add(port, FrontendType.NODE_PORT, ip, port.node_port,
+                                  cluster, external)
+            elif svc.type is ServiceType.NODE_PORT and family == ip_family(svc.cluster_ips[0]):
+                self.skipped.append(SkippedService(
+                    svc.key, f"port {port.name or port.port}/{port.protocol}: "
+                    "no nodePort allocated"))
+        for ip in svc.external_ips:
+            if ip_family(ip) == family:
+                self._add(port, FrontendType.EXTERNAL_IP, ip, port.port, cluster, external)
+        if svc.type is ServiceType.LOAD_BALANCER:
+            for ip in svc.load_balancer_ips:
+                if ip_family(ip) == family:
+                    self._load_balancer(port, ip, cluster, external)
+
+    def _load_balancer(self, port: ServicePort, ip: str, cluster: tuple[Backend, ...],
+                       external: tuple[Backend, ...]) -> None:
+        family = ip_family(ip)
+        all_ranges = self.service.load_balancer_source_ranges
+        ranges = tuple(r for r in all_ranges if ipaddress.ip_network(r).version == family)
+        if all_ranges and not ranges:
+            # Opening it to everyone would defeat the ranges: leave it closed.
+            self.skipped.append(SkippedService(
+                self.service.key,
+                f"loadBalancerSourceRanges has no IPv{family} range for this IPv{family} "
+                "LoadBalancer IP", FrontendAddress(ip, port.port, port.protocol)))
+            return
+        self._add(port, FrontendType.LOAD_BALANCER, ip, port.port, cluster, external, ranges)
+
+    def _foreign_families(self, port: ServicePort, families: tuple[int, ...]) -> None:
+        """externalIPs / ingress IPs of a family the service has no cluster IP of."""
+        svc = self.service
+        lb_ips = svc.load_balancer_ips if svc.type is ServiceType.LOAD_BALANCER else ()
+        for what, ips in (("externalIP", svc.external_ips), ("LoadBalancer IP", lb_ips)):
+            for ip in ips:
+                if ip_family(ip) not in families:
+                    self.skipped.append(SkippedService(
+                        svc.key, f"{what} {ip} is IPv{ip_family(ip)} but the service has "
+                        f"no IPv{ip_family(ip)} cluster IP",
+                        FrontendAddress(ip, port.port, port.protocol)))
+
+    def _add(self, port: ServicePort, kind: FrontendType, ip: str, number: int,
+             backends: tuple[Backend, ...], external_backends: tuple[Backend, ...],
+             source_ranges: tuple[str, ...] = ()) -> None:
+        svc = self.service
+        is_cluster_ip = kind is FrontendType.CLUSTER_IP
+        self.frontends.append(Frontend(
+            service=svc.key,
+            port_name=port.name,
+            type=kind,
+            address=FrontendAddress(ip, number, port.protocol),
+            backends=backends,
+            external_backends=external_backends,
+            session_affinity_timeout=svc.session_affinity_timeout,
+            source_ranges=source_ranges,
+            # Each policy only on the frontends it governs.
+            external_traffic_local=svc.external_traffic_local and not is_cluster_ip,
+            internal_traffic_local=svc.internal_traffic_local and is_cluster_ip,
+            annotations=svc.annotations,
+        ))

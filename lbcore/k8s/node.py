@@ -1,0 +1,45 @@
+"""``v1 Node``: the addresses NodePort frontends open on, and the node's zone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import FieldError
+from ..model import Node, normalise_ip
+from . import rules
+from .fields import Errors, read_meta
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+DEPRECATED_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"
+ADDRESS_TYPES = ("ExternalDNS", "ExternalIP", "Hostname", "InternalDNS", "InternalIP")
+IP_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+
+
+def node_from_object(obj: Mapping[str, Any]) -> tuple[Node | None, list[FieldError]]:
+    """Validate and convert one Node; None when anything is wrong."""
+    errs = Errors()
+    meta = read_meta(obj, errs, name_rule=rules.DNS1123_SUBDOMAIN, namespaced=False)
+    status = errs.mapping(obj, "status", "status")
+
+    addresses = []
+    for path, entry in errs.mappings(status, "addresses", "status.addresses"):
+        kind = errs.string(entry, "type", f"{path}.type")
+        address = errs.string(entry, "address", f"{path}.address")
+        if not kind:
+            errs.required(f"{path}.type", ", ".join(ADDRESS_TYPES))
+        elif kind not in ADDRESS_TYPES:
+            errs.unsupported(f"{path}.type", kind, ADDRESS_TYPES)
+        if not address:
+            errs.required(f"{path}.address")
+        elif kind in IP_ADDRESS_TYPES and errs.check(f"{path}.address", address, rules.IP):
+            ip = normalise_ip(address)
+            if rules.parse_ip(ip).is_unspecified:  # type: ignore[union-attr]
+                errs.invalid(f"{path}.address", address, "may not be unspecified",
+                             "a unicast address of the node")
+            addresses.append(ip)
+
+    zone = meta.labels.get(ZONE_LABEL) or meta.labels.get(DEPRECATED_ZONE_LABEL)
+    if errs:
+        return None, list(errs)
+    return Node(meta.name, tuple(dict.fromkeys(addresses)), zone or None), []

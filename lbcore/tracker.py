@@ -1,0 +1,160 @@
+"""Which services changed since the last successful sync.
+
+Like kube-proxy's ``serviceChangeTracker``/``endpointsChangeTracker``, the tracker keeps
+a ``{previous, current}`` pair per changed service: *previous* is what the last
+checkpoint (sync) saw, *current* the newest snapshot. A pair whose ends compare equal
+(a service edited and edited back before the sync ran) is dropped, so the driver is not
+asked to rewrite it.
+
+What a service depends on is its ``ServiceView``: its Service object, its EndpointSlices
+and — for NodePort and LoadBalancer services, whose NodePort frontends and
+``externalTrafficPolicy: Local`` backends depend on nodes — the Node objects. A Node
+change therefore reports every NodePort/LoadBalancer service.
+
+Sources hand over whole snapshots (``update``); the tracker diffs them. It is
+thread-safe: a source thread updates while the sync thread checkpoints.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
+
+from .clock import Clock
+from .model import ClusterObjects, EndpointSlice, Node, Service, ServiceKey, ServiceType
+
+NODE_DEPENDENT_TYPES = frozenset({ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER})
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """Everything in a snapshot that one service's frontends are computed from."""
+
+    service: Service | None
+    slices: tuple[EndpointSlice, ...] = ()
+    nodes: tuple[Node, ...] | None = None  # only for NodePort / LoadBalancer services
+
+
+class _Unsynced:
+    """``previous`` of a change whose sync failed: equal to nothing, never dropped."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "<unsynced>"
+
+
+UNSYNCED = _Unsynced()
+
+
+@dataclass
+class _Change:
+    previous: ServiceView | _Unsynced | None  # None: did not exist at the last checkpoint
+    current: ServiceView | None  # None: does not exist now
+    since: float  # monotonic time the change was first seen
+
+
+class Checkpoint(NamedTuple):
+    """What one sync works from: the snapshot, what changed, and since when."""
+
+    objects: ClusterObjects | None  # None until a source delivered a valid snapshot
+    changed: frozenset[ServiceKey]
+    queued_at: Mapping[ServiceKey, float]  # monotonic time each change was first seen
+
+
+def service_views(objects: ClusterObjects) -> dict[ServiceKey, ServiceView]:
+    """One view per service key that has a Service or an EndpointSlice."""
+    nodes = tuple(sorted(objects.nodes.values(), key=lambda n: n.name))
+    views: dict[ServiceKey, ServiceView] = {}
+    for key in set(objects.services) | set(objects.slices):
+        service = objects.services.get(key)
+        slices = tuple(
+            sorted(objects.slices.get(key, ()), key=lambda s: (s.namespace, s.name))
+        )
+        depends_on_nodes = service is not None and service.type in NODE_DEPENDENT_TYPES
+        views[key] = ServiceView(service, slices, nodes if depends_on_nodes else None)
+    return views
+
+
+class ChangeTracker:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._objects: ClusterObjects | None = None
+        self._views: dict[ServiceKey, ServiceView] = {}
+        self._changes: dict[ServiceKey, _Change] = {}
+
+    @property
+    def objects(self) -> ClusterObjects | None:
+        with self._lock:
+            return self._objects
+
+    def update(self, objects: ClusterObjects) -> frozenset[ServiceKey]:
+        """Take a new snapshot; return the keys whose view differs from the last one.
+
+        The return value is what *this* update changed (for logs and counters);
+        ``pending()`` is what the next sync has to program.
+        """
+        views = service_views(objects)
+        now = self._clock.now()
+        touched: set[ServiceKey] = set()
+        with self._lock:
+            for key in self._views.keys() | views.keys():
+                old, new = self._views.get(key), views.get(key)
+                if old == new:
+                    continue
+                touched.add(key)
+                change = self._changes.get(key)
+                if change is None:
+                    self._changes[key] = _Change(previous=old, current=new, since=now)
+                    continue
+                change.current = new
+                if change.previous == change.current:
+                    del self._changes[key]
+            self._objects = objects
+            self._views = views
+        return frozenset(touched)
+
+    def pending(self) -> frozenset[ServiceKey]:
+        with self._lock:
+            return frozenset(self._changes)
+
+    def oldest_pending(self) -> float | None:
+        """Monotonic time the oldest unsynced change was seen, or None."""
+        with self._lock:
+            return min((c.since for c in self._changes.values()), default=None)
+
+    def checkpoint(self) -> Checkpoint:
+        """Take the state and the changes for one sync; pending changes are cleared.
+
+        If the sync fails, hand the checkpoint back to ``requeue``.
+        """
+        with self._lock:
+            changes, self._changes = self._changes, {}
+            return Checkpoint(
+                self._objects,
+                frozenset(changes),
+                MappingProxyType({k: c.since for k, c in changes.items()}),
+            )
+
+    def requeue(self, checkpoint: Checkpoint) -> None:
+        """A sync of ``checkpoint`` failed: its changes are pending again.
+
+        Their ``previous`` becomes unknown (the kernel may hold anything), so they are
+        never dropped as no-ops, and they keep their original ``since`` time.
+        """
+        with self._lock:
+            for key in checkpoint.changed:
+                since = checkpoint.queued_at.get(key, self._clock.now())
+                change = self._changes.get(key)
+                if change is None:
+                    self._changes[key] = _Change(UNSYNCED, self._views.get(key), since)
+                else:
+                    change.previous = UNSYNCED
+                    change.since = min(change.since, since)
