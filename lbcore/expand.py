@@ -23,7 +23,7 @@ Nothing is dropped silently: whatever is not programmed appears in ``skipped``.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .model import (
@@ -37,6 +37,7 @@ from .model import (
     FrontendType,
     NodeInfo,
     Service,
+    ServiceKey,
     ServicePort,
     ServiceType,
     SkippedService,
@@ -53,20 +54,76 @@ def expand(
     objects: ClusterObjects, node: NodeInfo, *, service_proxy_name: str | None = None
 ) -> DesiredState:
     """The full desired state for ``node``, frontends in a deterministic order."""
-    node_ips = node_addresses(objects, node)
-    frontends: list[Frontend] = []
-    skipped: list[SkippedService] = []
-    for key in sorted(objects.services):
-        service = objects.services[key]
-        reason = skip_reason(service, service_proxy_name)
-        if reason is not None:
-            skipped.append(SkippedService(key, reason))
-            continue
-        expansion = _ServiceExpansion(service, objects.slices.get(key, ()), node, node_ips)
-        frontends += expansion.frontends
-        skipped += expansion.skipped
-    frontends.sort(key=frontend_order)
-    return DesiredState(node=node, frontends=tuple(frontends), skipped=tuple(skipped))
+    return IncrementalExpander(node, service_proxy_name).expand(objects, None)
+
+
+def expand_service(
+    service: Service, slices: Sequence[EndpointSlice], node: NodeInfo,
+    node_ips: Sequence[str], service_proxy_name: str | None = None,
+) -> tuple[tuple[Frontend, ...], tuple[SkippedService, ...]]:
+    """One service's frontends (sorted) and what of it is not programmed."""
+    reason = skip_reason(service, service_proxy_name)
+    if reason is not None:
+        return (), (SkippedService(service.key, reason),)
+    expansion = _ServiceExpansion(service, slices, node, node_ips)
+    return tuple(sorted(expansion.frontends, key=frontend_order)), tuple(expansion.skipped)
+
+
+class IncrementalExpander:
+    """``expand`` that recomputes only the services that changed.
+
+    The agent calls it on every sync; with 10,000 services an endpoint change must
+    not cost a full expansion. A change of the node addresses (Node objects) or a
+    full sync (``changed=None``) recomputes everything. ``admit`` (the driver's
+    capability check) is applied here too, so its verdicts are cached per service.
+    """
+
+    def __init__(self, node: NodeInfo, service_proxy_name: str | None = None,
+                 admit: Callable[[Frontend], str | None] | None = None) -> None:
+        self.node = node
+        self.service_proxy_name = service_proxy_name
+        self.admit = admit
+        self._node_ips: tuple[str, ...] | None = None
+        self._per_service: dict[ServiceKey, tuple[tuple[Frontend, ...],
+                                                  tuple[SkippedService, ...]]] = {}
+        self._order: list[ServiceKey] = []
+
+    def expand(self, objects: ClusterObjects, changed: frozenset[ServiceKey] | None
+               ) -> DesiredState:
+        node_ips = node_addresses(objects, self.node)
+        full = changed is None or node_ips != self._node_ips
+        if full:
+            self._per_service.clear()
+        self._node_ips = node_ips
+        keys_changed = full
+        for key in objects.services if full else changed or ():
+            service = objects.services.get(key)
+            if service is None:
+                keys_changed |= self._per_service.pop(key, None) is not None
+                continue
+            keys_changed |= key not in self._per_service
+            self._per_service[key] = self._expand_one(service, objects.slices.get(key, ()))
+        if keys_changed:
+            self._order = sorted(self._per_service)
+        by_service = {k: self._per_service[k][0] for k in self._order if self._per_service[k][0]}
+        frontends = tuple(fe for k in self._order for fe in self._per_service[k][0])
+        skipped = tuple(sk for k in self._order for sk in self._per_service[k][1])
+        return DesiredState.with_index(self.node, frontends, skipped, by_service)
+
+    def _expand_one(self, service: Service, slices: Sequence[EndpointSlice]
+                    ) -> tuple[tuple[Frontend, ...], tuple[SkippedService, ...]]:
+        frontends, skipped = expand_service(service, slices, self.node, self._node_ips or (),
+                                            self.service_proxy_name)
+        if self.admit is None:
+            return frontends, skipped
+        kept, refused = [], list(skipped)
+        for fe in frontends:
+            reason = self.admit(fe)
+            if reason is None:
+                kept.append(fe)
+            else:
+                refused.append(SkippedService(fe.service, reason, fe.address))
+        return tuple(kept), tuple(refused)
 
 
 def node_addresses(objects: ClusterObjects, node: NodeInfo) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ sees and reported in ``DesiredState.skipped`` (logged once when they appear, cou
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -35,8 +36,9 @@ from .clock import Clock, SystemClock
 from .config import Config
 from .driver import Capabilities, SyncResult
 from .errors import LBCoreError, SourceError, ValidationError
+from .expand import IncrementalExpander
 from .metrics import Metrics
-from .model import ClusterObjects, DesiredState, NodeInfo, SkippedService
+from .model import ClusterObjects, DesiredState, Frontend, NodeInfo, ServiceKey, SkippedService
 from .plugins import GuardedDriver
 from .runner import Backoff, BoundedFrequencyRunner
 from .sources.base import Source
@@ -58,6 +60,11 @@ def default_expand(
     from .expand import expand  # lazy: the CLI's `drivers` need not import conversion
 
     return expand(objects, node, service_proxy_name=service_proxy_name)
+
+
+def _refusal(caps: Capabilities, driver: str, fe: Frontend) -> str | None:
+    reason = caps.unsupported(fe)
+    return None if reason is None else f"driver {driver}: {reason}"
 
 
 def apply_capabilities(state: DesiredState, caps: Capabilities, driver: str) -> DesiredState:
@@ -111,6 +118,7 @@ class Agent:
             "sync", self._runner_sync, config.runner.min_sync_period, period, self.clock
         )
         self._capabilities: Capabilities | None = None
+        self._expander: IncrementalExpander | None = None
         self._sync_lock = threading.Lock()
         self._force_full = True
         self._last_full: float | None = None
@@ -125,12 +133,25 @@ class Agent:
             self._capabilities = self.driver.capabilities()
         return self._capabilities
 
-    def plan(self, objects: ClusterObjects) -> DesiredState:
-        """The state the driver must hold for ``objects`` (pure, no kernel access)."""
-        state = self._expand(
-            objects, self.config.node, service_proxy_name=self.config.service_proxy_name
-        )
-        state = apply_capabilities(state, self.capabilities, self.driver.name)
+    def plan(self, objects: ClusterObjects,
+             changed: frozenset[ServiceKey] | None = None) -> DesiredState:
+        """The state the driver must hold for ``objects`` (pure, no kernel access).
+
+        With the default expansion only ``changed`` services are recomputed (None:
+        all); an injected expand function always expands everything.
+        """
+        if self._expand is default_expand:
+            if self._expander is None:
+                caps, name = self.capabilities, self.driver.name
+                self._expander = IncrementalExpander(
+                    self.config.node, self.config.service_proxy_name,
+                    admit=lambda fe: _refusal(caps, name, fe))
+            state = self._expander.expand(objects, changed)
+        else:
+            state = self._expand(
+                objects, self.config.node, service_proxy_name=self.config.service_proxy_name
+            )
+            state = apply_capabilities(state, self.capabilities, self.driver.name)
         self._report_skips(state)
         return state
 
@@ -186,7 +207,7 @@ class Agent:
             if full is None:
                 full = self._full_sync_due(start)
             try:
-                state = self.plan(checkpoint.objects)
+                state = self.plan(checkpoint.objects, None if full else checkpoint.changed)
                 result = self.driver.sync(state, None if full else checkpoint.changed)
             except Exception:
                 self.tracker.requeue(checkpoint)
@@ -199,6 +220,9 @@ class Agent:
             self._force_full = False
             if full:
                 self._last_full = start
+                # The state just built lives until the next full sync: keep the cyclic
+                # GC from rescanning ~10 objects per backend on every partial sync.
+                gc.freeze()
             self._backoff.reset()
             self.metrics.sync_succeeded(
                 duration=end - start,

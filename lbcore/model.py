@@ -19,6 +19,7 @@ import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
@@ -36,9 +37,12 @@ def normalise_ip(address: str) -> str:
 # --------------------------------------------------------------------------- keys
 
 
-@dataclass(frozen=True, order=True)
-class ServiceKey:
-    """Identifies a Service (and its EndpointSlices) across updates."""
+class ServiceKey(NamedTuple):
+    """Identifies a Service (and its EndpointSlices) across updates.
+
+    A named tuple rather than a dataclass: keys are hashed on every map lookup of
+    every sync, and a tuple hashes in C.
+    """
 
     namespace: str
     name: str
@@ -62,7 +66,7 @@ class ServiceType(enum.StrEnum):
     EXTERNAL_NAME = "ExternalName"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     name: str
     protocol: str
@@ -103,14 +107,14 @@ class Condition(enum.Enum):
     TERMINATING = "terminating"  # serving but terminating: used only if no ready ones
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SlicePort:
     name: str
     protocol: str
     port: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     addresses: tuple[str, ...]
     ready: bool
@@ -121,7 +125,7 @@ class Endpoint:
     hostname: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointSlice:
     namespace: str
     name: str
@@ -187,9 +191,8 @@ class Backend:
         return ip_family(self.ip)
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class FrontendAddress:
-    """(ip, port, protocol): what a datapath matches on."""
+class FrontendAddress(NamedTuple):
+    """(ip, port, protocol): what a datapath matches on. A tuple: hashed constantly."""
 
     ip: str
     port: int
@@ -204,7 +207,7 @@ class FrontendAddress:
         return f"{host}:{self.port}/{self.protocol}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Frontend:
     """One address:port/protocol this node answers for, with its backends.
 
@@ -268,6 +271,16 @@ class DesiredState:
     node: NodeInfo
     frontends: tuple[Frontend, ...] = ()
     skipped: tuple[SkippedService, ...] = ()
+
+    @classmethod
+    def with_index(
+        cls, node: NodeInfo, frontends: tuple[Frontend, ...], skipped: tuple[SkippedService, ...],
+        by_service: Mapping[ServiceKey, tuple[Frontend, ...]],
+    ) -> DesiredState:
+        """A state whose caller already grouped ``frontends`` by service (incremental)."""
+        state = cls(node, frontends, skipped)
+        state.__dict__["services"] = MappingProxyType(dict(by_service))
+        return state
 
     @functools.cached_property
     def services(self) -> Mapping[ServiceKey, tuple[Frontend, ...]]:

@@ -109,6 +109,10 @@ class SockLBDriver(Driver):
             source_ranges=False,
             external_traffic_local=False,  # serves in-cluster sockets only
             internal_traffic_local=True,
+            # Consistent hashing matters for per-packet north-south balancing; a socket
+            # picks its backend once, at connect(), so maglev services are balanced at
+            # random here, as Cilium's socket-LB does for east-west traffic.
+            algorithms=frozenset({"random", "maglev"}),
             description="eBPF on cgroup v2 socket hooks: connect, sendmsg/recvmsg, getpeername",
         )
 
@@ -124,7 +128,7 @@ class SockLBDriver(Driver):
         except DriverError as exc:
             problems.append(Problem("cgroup", str(exc), "create the cgroup v2 directory, "
                                     "e.g. mkdir /sys/fs/cgroup/unified/lbcore"))
-        if loader.bpffs_mount_of(os.path.dirname(self.opts.bpffs_path)) is None:
+        if loader.bpffs_mount_of(self.opts.bpffs_path) is None:
             fixable = self.opts.mount_bpffs and self._may_mount_default_bpffs()
             problems.append(Problem(
                 "bpffs", f"{self.opts.bpffs_path} is not on a bpf filesystem",
@@ -179,8 +183,8 @@ class SockLBDriver(Driver):
         self._maps = KernelMaps(self._bpf)
 
     def _ensure_bpffs(self) -> None:
-        parent = os.path.dirname(self.opts.bpffs_path)
-        if loader.bpffs_mount_of(parent) is None:
+        # bpffs_path may be a directory on a bpffs or a bpffs mount point itself.
+        if loader.bpffs_mount_of(self.opts.bpffs_path) is None:
             if not (self.opts.mount_bpffs and self._may_mount_default_bpffs()):
                 raise DriverError(NAME, f"{self.opts.bpffs_path} is not on a bpf filesystem; "
                                   "mount one: mount -t bpf bpf /sys/fs/bpf")

@@ -8,6 +8,7 @@ stacks a duplicate. A foreign program on a hook is never replaced.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.resources
 import os
 from collections.abc import Iterator, Mapping
@@ -63,9 +64,17 @@ def compile_program(pin_dir: str, sizes: Mapping[str, int]) -> Any:
     except ImportError as exc:
         raise DriverError(DRIVER, f"bcc is not importable ({exc}); run `make setup`") from None
     try:
-        return BPF(src_file=str(bpf_source()), cflags=cflags(pin_dir, sizes))
+        bpf = BPF(src_file=str(bpf_source()), cflags=cflags(pin_dir, sizes))
     except Exception as exc:
         raise DriverError(DRIVER, f"compiling {bpf_source()} failed: {exc}") from exc
+    _release_compiler_heap()
+    return bpf
+
+
+def _release_compiler_heap() -> None:
+    """Give clang's freed heap back to the OS: ~40 MB of a long-running agent's RSS."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _attach_type(hook: Hook) -> int:

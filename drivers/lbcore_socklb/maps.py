@@ -14,7 +14,6 @@ import errno
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import Any
 
 from lbcore.errors import DriverError
@@ -38,7 +37,6 @@ _V4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 _WORDS = struct.Struct("=4I")  # lb_addr.words: four u32 in host order over network bytes
 
 
-@lru_cache(maxsize=262144)
 def address_words(ip: str) -> tuple[int, ...]:
     """16 bytes in network order as four native u32 words (IPv4 mapped)."""
     if ":" in ip:

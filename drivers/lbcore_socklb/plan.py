@@ -8,12 +8,12 @@ once no slot refers to them. Every intermediate state is a valid service.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from lbcore.model import FrontendAddress
+from lbcore.model import Frontend, FrontendAddress
 
-from .image import BackendAddr, MapImage, ServiceEntry, Slot
+from .image import Allocators, BackendAddr, MapImage, ServiceEntry, Slot, render_entry
 
 AffinityPair = tuple[int, int]  # (backend_id, rev_nat_id)
 
@@ -161,3 +161,14 @@ def _plan_update(
     after.backend_refs.update(slot.backend_id for slot in entry.slots)
     after.services[addr] = entry
     after.slot_count += len(entry.slots) - len(old_slots) + (0 if old else 1)
+
+
+def image_for(frontends: Iterable[Frontend], max_backends: int = 1 << 20) -> MapImage:
+    """What empty maps would hold after syncing ``frontends`` (golden tests, dry runs)."""
+    current = MapImage()
+    ids = Allocators.seeded(current, max_backends)
+    pending: dict[BackendAddr, int] = {}
+    desired: dict[FrontendAddress, ServiceEntry | None] = {}
+    for fe in frontends:
+        desired.setdefault(fe.address, render_entry(fe, current, ids, pending))
+    return plan_sync(current, desired, pending)[1]
