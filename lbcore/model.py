@@ -25,8 +25,8 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
 def ip_family(address: str) -> int:
-    """4 or 6 for a textual IP address."""
-    return ipaddress.ip_address(address).version
+    """4 or 6 for a textual IP address that was already validated (hot path: no parse)."""
+    return 6 if ":" in address else 4
 
 
 def normalise_ip(address: str) -> str:

@@ -123,7 +123,7 @@ def attach_all(bpf: Any, cgroup_path: str) -> None:
         )
     with open_cgroup(cgroup_path) as fd:
         for hook in HOOKS:
-            fn = bpf.load_func(hook.function, BPF.CGROUP_SOCK_ADDR,
+            fn = bpf.load_func(hook.function.encode(), BPF.CGROUP_SOCK_ADDR,
                                attach_type=_attach_type(hook))
             try:
                 BPF.attach_func(fn, fd, _attach_type(hook))

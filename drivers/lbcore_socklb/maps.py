@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import os
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 from lbcore.errors import DriverError
 from lbcore.model import FrontendAddress
 
+from .codec import Packer
 from .image import (
     STATE_CODES,
     STATES_BY_CODE,
@@ -57,53 +59,51 @@ class KernelMaps:
     """The socket-LB maps of one loaded program."""
 
     def __init__(self, bpf: Any) -> None:
-        self.svc = bpf["lbc_svc"]
-        self.backends = bpf["lbc_backends"]
-        self.revnat = bpf["lbc_revnat"]
-        self.aff_match = bpf["lbc_aff_match"]
-        self.sk_revnat = bpf["lbc_sk_revnat"]
-        self.affinity = bpf["lbc_affinity"]
+        self.svc = _table(bpf, "lbc_svc")
+        self.backends = _table(bpf, "lbc_backends")
+        self.revnat = _table(bpf, "lbc_revnat")
+        self.aff_match = _table(bpf, "lbc_aff_match")
+        self.sk_revnat = _table(bpf, "lbc_sk_revnat")
+        self.affinity = _table(bpf, "lbc_affinity")
+
+        words = [f"address.words[{i}]" for i in range(4)]
+        self.svc_key = Packer(self.svc.Key).expect([*words, "port", "slot", "proto"])
+        self.svc_val = Packer(self.svc.Leaf).expect(
+            ["backend_id", "affinity_timeout", "count", "rev_nat_id", "type", "flags", "state"])
+        self.backend_key = Packer(self.backends.Key)
+        self.backend_val = Packer(self.backends.Leaf).expect([*words, "port", "proto"])
+        self.revnat_key = Packer(self.revnat.Key)
+        self.revnat_val = Packer(self.revnat.Leaf).expect([*words, "port"])
+        self.match_key = Packer(self.aff_match.Key).expect(["backend_id", "rev_nat_id"])
+        self.match_val = Packer(self.aff_match.Leaf)
 
     # ------------------------------------------------------------ encoding
+    # Each returns the field values in the order of the C struct (see __init__).
+
+    @staticmethod
+    def _svc_fields(fe: FrontendAddress, slot: int) -> tuple[int, ...]:
+        return (*address_words(fe.ip), socket.htons(fe.port), slot, PROTO_NUMBERS[fe.protocol])
+
+    @staticmethod
+    def _header_fields(entry: ServiceEntry) -> tuple[int, ...]:
+        count, rev_nat_id, type_code, flags, timeout = entry.header()
+        return (0, timeout, count, rev_nat_id, type_code, flags, 0)
+
+    @staticmethod
+    def _slot_fields(slot: Slot) -> tuple[int, ...]:
+        return (slot.backend_id, 0, 0, 0, 0, 0, STATE_CODES[slot.condition])
+
+    @staticmethod
+    def _backend_fields(addr: BackendAddr) -> tuple[int, ...]:
+        return (*address_words(addr.ip), socket.htons(addr.port), PROTO_NUMBERS[addr.protocol])
+
+    @staticmethod
+    def _revnat_fields(fe: FrontendAddress) -> tuple[int, ...]:
+        return (*address_words(fe.ip), socket.htons(fe.port))
 
     def _svc_key(self, fe: FrontendAddress, slot: int) -> Any:
-        key = self.svc.Key()
-        key.address.words[:] = address_words(fe.ip)
-        key.port = socket.htons(fe.port)
-        key.slot = slot
-        key.proto = PROTO_NUMBERS[fe.protocol]
-        return key
-
-    def _header(self, entry: ServiceEntry) -> Any:
-        val = self.svc.Leaf()
-        count, rev_nat_id, type_code, flags, timeout = entry.header()
-        val.count, val.rev_nat_id, val.type, val.flags = count, rev_nat_id, type_code, flags
-        val.affinity_timeout = timeout
-        return val
-
-    def _slot(self, slot: Slot) -> Any:
-        val = self.svc.Leaf()
-        val.backend_id = slot.backend_id
-        val.state = STATE_CODES[slot.condition]
-        return val
-
-    def _backend(self, addr: BackendAddr) -> Any:
-        val = self.backends.Leaf()
-        val.address.words[:] = address_words(addr.ip)
-        val.port = socket.htons(addr.port)
-        val.proto = PROTO_NUMBERS[addr.protocol]
-        return val
-
-    def _revnat(self, fe: FrontendAddress) -> Any:
-        val = self.revnat.Leaf()
-        val.address.words[:] = address_words(fe.ip)
-        val.port = socket.htons(fe.port)
-        return val
-
-    def _match_key(self, backend_id: int, rev_nat_id: int) -> Any:
-        key = self.aff_match.Key()
-        key.backend_id, key.rev_nat_id = backend_id, rev_nat_id
-        return key
+        """One ctypes key, for single lookups (tests, benchmarks)."""
+        return self.svc_key.one(self._svc_fields(fe, slot))
 
     # --------------------------------------------------------------- apply
 
@@ -112,46 +112,45 @@ class KernelMaps:
         for map_name, op, items in plan.phases():
             if not items:
                 continue
-            table, encode = self._codecs()[map_name]
+            table, key_packer, key_of, val_packer, val_of = self._codecs()[map_name]
             if op == "put":
-                self._put(table, [encode(item) for item in items])
+                keys = key_packer.array(key_of(item) for item in items)
+                values = val_packer.array(val_of(item) for item in items)
+                _batch(lambda t=table, k=keys, v=values: t.items_update_batch(k, v),
+                       f"writing {_name(table)}")
             else:
-                self._delete(table, [self._delete_key(map_name, item) for item in items])
+                self._delete(table, key_packer.array(self._delete_key_of(map_name)(item)
+                                                     for item in items))
 
-    def _codecs(self) -> dict[str, tuple[Any, Callable[[Any], tuple[Any, Any]]]]:
+    def _codecs(self) -> dict[str, tuple[Any, Packer, Callable[[Any], Sequence[int]],
+                                         Packer, Callable[[Any], Sequence[int]]]]:
         return {
-            "backends": (self.backends, lambda i: (self.backends.Key(i[0]), self._backend(i[1]))),
-            "revnat": (self.revnat, lambda i: (self.revnat.Key(i[0]), self._revnat(i[1]))),
-            "aff_match": (self.aff_match,
-                          lambda i: (self._match_key(*i), self.aff_match.Leaf(1))),
-            "slots": (self.svc, lambda i: (self._svc_key(i[0], i[1]), self._slot(i[2]))),
-            "headers": (self.svc, lambda e: (self._svc_key(e.frontend, 0), self._header(e))),
+            "backends": (self.backends, self.backend_key, lambda i: (i[0],),
+                         self.backend_val, lambda i: self._backend_fields(i[1])),
+            "revnat": (self.revnat, self.revnat_key, lambda i: (i[0],),
+                       self.revnat_val, lambda i: self._revnat_fields(i[1])),
+            "aff_match": (self.aff_match, self.match_key, lambda i: i,
+                          self.match_val, lambda i: (1,)),
+            "slots": (self.svc, self.svc_key, lambda i: self._svc_fields(i[0], i[1]),
+                      self.svc_val, lambda i: self._slot_fields(i[2])),
+            "headers": (self.svc, self.svc_key, lambda e: self._svc_fields(e.frontend, 0),
+                        self.svc_val, self._header_fields),
         }
 
-    def _delete_key(self, map_name: str, item: Any) -> Any:
-        if map_name == "backends":
-            return self.backends.Key(item)
-        if map_name == "revnat":
-            return self.revnat.Key(item)
-        if map_name == "aff_match":
-            return self._match_key(*item)
-        if map_name == "slots":
-            return self._svc_key(item[0], item[1])
-        return self._svc_key(item, 0)  # headers
+    def _delete_key_of(self, map_name: str) -> Callable[[Any], Sequence[int]]:
+        return {
+            "backends": lambda bid: (bid,),
+            "revnat": lambda rid: (rid,),
+            "aff_match": lambda pair: pair,
+            "slots": lambda item: self._svc_fields(item[0], item[1]),
+            "headers": lambda fe: self._svc_fields(fe, 0),
+        }[map_name]
 
-    def _put(self, table: Any, items: list[tuple[Any, Any]]) -> None:
-        if not items:
+    def _delete(self, table: Any, keys: Any) -> None:
+        if not len(keys):
             return
-        keys = (table.Key * len(items))(*(k for k, _ in items))
-        values = (table.Leaf * len(items))(*(v for _, v in items))
-        _batch(lambda: table.items_update_batch(keys, values), f"writing {_name(table)}")
-
-    def _delete(self, table: Any, keys: list[Any]) -> None:
-        if not keys:
-            return
-        array = (table.Key * len(keys))(*keys)
         try:
-            table.items_delete_batch(array)
+            table.items_delete_batch(keys)
         except Exception:
             # A key already gone (e.g. removed by hand) fails the batch: go one by one.
             for key in keys:
@@ -163,24 +162,24 @@ class KernelMaps:
     def read_image(self) -> tuple[MapImage, list[tuple[FrontendAddress, int]]]:
         """What the maps hold, and slots no header accounts for (left by a crash)."""
         backends = {
-            _scalar(k): BackendAddr(words_address(v.address.words), socket.ntohs(v.port),
-                                      PROTO_NAMES.get(v.proto, str(v.proto)))
-            for k, v in _items(self.backends)
+            k[0]: BackendAddr(words_address(v[:4]), socket.ntohs(v[4]),
+                              PROTO_NAMES.get(v[5], "?"))
+            for k, v in dump_table(self.backends, self.backend_key, self.backend_val)
         }
         revnat = {
-            _scalar(k): FrontendAddress(words_address(v.address.words), socket.ntohs(v.port),
-                                          "")
-            for k, v in _items(self.revnat)
+            k[0]: FrontendAddress(words_address(v[:4]), socket.ntohs(v[4]), "")
+            for k, v in dump_table(self.revnat, self.revnat_key, self.revnat_val)
         }
-        headers: dict[FrontendAddress, Any] = {}
-        slots: dict[FrontendAddress, dict[int, Any]] = {}
-        for k, v in _items(self.svc):
-            fe = FrontendAddress(words_address(k.address.words), socket.ntohs(k.port),
-                                 PROTO_NAMES.get(k.proto, str(k.proto)))
-            if k.slot == 0:
-                headers[fe] = (v.count, v.rev_nat_id, v.type, v.affinity_timeout)
+        headers: dict[FrontendAddress, tuple[int, ...]] = {}
+        slots: dict[FrontendAddress, dict[int, tuple[int, int]]] = {}
+        for k, v in dump_table(self.svc, self.svc_key, self.svc_val):
+            fe = FrontendAddress(words_address(k[:4]), socket.ntohs(k[4]),
+                                 PROTO_NAMES.get(k[6], "?"))
+            backend_id, timeout, count, rev_nat_id, type_code, _flags, state = v
+            if k[5] == 0:
+                headers[fe] = (count, rev_nat_id, type_code, timeout)
             else:
-                slots.setdefault(fe, {})[k.slot] = (v.backend_id, v.state)
+                slots.setdefault(fe, {})[k[5]] = (backend_id, state)
         services = {}
         stray = []
         for fe, (count, rev_nat_id, type_code, timeout) in headers.items():
@@ -201,11 +200,18 @@ class KernelMaps:
         return MapImage(services, backends, revnat), sorted(stray)
 
     def delete_slots(self, slots: list[tuple[FrontendAddress, int]]) -> None:
-        self._delete(self.svc, [self._svc_key(fe, i) for fe, i in slots])
+        self._delete(self.svc, self.svc_key.array(self._svc_fields(fe, i) for fe, i in slots))
 
     def entry_counts(self) -> dict[str, int]:
         return {_name(t): len(_items(t))
                 for t in (self.svc, self.backends, self.revnat, self.sk_revnat, self.affinity)}
+
+
+def _table(bpf: Any, name: str) -> Any:
+    table = bpf[name]
+    if getattr(table, "_name", None) is None:  # bcc names only some table types
+        table._name = name
+    return table
 
 
 def _name(table: Any) -> str:
@@ -214,10 +220,39 @@ def _name(table: Any) -> str:
 
 
 def _items(table: Any) -> list[tuple[Any, Any]]:
-    try:
-        return list(table.items_lookup_batch())
-    except Exception:
-        return list(table.items())
+    return list(table.items())
+
+
+def dump_table(table: Any, key: Packer, value: Packer) -> list[tuple[tuple, tuple]]:
+    """Every (key, value) of a hash map as field tuples, in BPF_MAP_LOOKUP_BATCH calls.
+
+    Our own loop rather than bcc's ``items_lookup_batch``, which reuses one variable
+    for the batch token and the count, and builds a ctypes object per entry.
+    """
+    from bcc.libbcc import lib
+
+    capacity = table.max_entries
+    keys = (table.Key * capacity)()
+    values = (table.Leaf * capacity)()
+    token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
+    total, first = 0, True
+    while total < capacity:
+        count.value = capacity - total
+        res = lib.bpf_lookup_batch(
+            table.map_fd, None if first else ctypes.byref(token_in), ctypes.byref(token_out),
+            ctypes.byref(keys, key.struct.size * total),
+            ctypes.byref(values, value.struct.size * total), ctypes.byref(count))
+        err = ctypes.get_errno()
+        total += count.value
+        if res != 0:
+            if err == errno.ENOENT:
+                break  # the whole map was read
+            raise DriverError(DRIVER, f"reading {_name(table)}: {os.strerror(err)}")
+        token_in.value, first = token_out.value, False
+    key_bytes = ctypes.string_at(keys, key.struct.size * total)
+    value_bytes = ctypes.string_at(values, value.struct.size * total)
+    return list(zip(key.struct.iter_unpack(key_bytes), value.struct.iter_unpack(value_bytes),
+                    strict=True))
 
 
 def _batch(call: Callable[[], None], what: str) -> None:
@@ -228,7 +263,3 @@ def _batch(call: Callable[[], None], what: str) -> None:
         hint = " (map full?)" if err in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM) else ""
         raise DriverError(DRIVER, f"{what} failed: {exc}{hint}") from exc
 
-
-def _scalar(key: Any) -> int:
-    """Scalar keys come back as ints from a batch and as c_uint from iteration."""
-    return int(getattr(key, "value", key))
