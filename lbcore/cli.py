@@ -303,6 +303,16 @@ def cleanup(env: CliEnv, config_path: Path) -> None:
     click.echo(f"driver {driver.name}: removed everything it created")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def demo(ctx: click.Context, args: tuple[str, ...]) -> None:
+    """The socket-LB walkthrough in namespaces, end to end."""
+    from .demo import main as demo_main  # lazy: the other commands need no lab
+
+    ctx.exit(demo_main(list(args)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``lbcore``)."""
     env = CliEnv()

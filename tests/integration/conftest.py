@@ -1,4 +1,4 @@
-"""Fixtures for integration tests in network namespaces (root only; see netlab.py).
+"""Fixtures for integration tests in network namespaces (root only; see lbcore/lab/).
 
 - ``netlab``: an empty :class:`NetLab`, removed after the test (also on failure).
 - ``lab``: the socket-LB topology (node, client, ``lab_backends`` backends on one bridge).
@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from .netlab import NetLab, SockLBLab, build_socklb_lab, sweep_leftovers
+from lbcore.lab import NetLab, SockLBLab, build_socklb_lab, sweep_leftovers
 
 
 def _on_sigterm(signum, frame):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .netlab import (
+from lbcore.lab import (
     CGROUP2_ROOT,
     NETNS_DIR,
     RUN_ROOT,
