@@ -1,4 +1,5 @@
-# lbcore — the two commands: `make demo` and `make test` (both run the set-up first).
+# lbcore — `make demo` and `make test` both run the set-up first. On a machine without
+# make, use the README's `./dev demo` and `./dev test`, which install it.
 # Everything here needs root: Debian packages, network namespaces, cgroups, eBPF.
 
 SHELL := /bin/bash

@@ -190,19 +190,40 @@ static __always_inline int lb_reject(void)
 	return SYS_REJECT;
 }
 
-static __always_inline int lb_fwd4(struct bpf_sock_addr *ctx)
+/* Load the call's destination (or, for rev, its peer) as a 16-byte address. The
+ * family is a constant at every call site, so each program keeps only its half. */
+static __always_inline void lb_load(struct bpf_sock_addr *ctx, struct lb_addr *addr,
+				    const int ipv6)
+{
+	if (ipv6)
+		lb_addr_from_ctx6(addr, ctx);
+	else
+		lb_addr_from_v4(addr, ctx->user_ip4);
+}
+
+static __always_inline int lb_store(struct bpf_sock_addr *ctx, const struct lb_addr *addr,
+				    __be16 port, const int ipv6)
+{
+	if (ipv6) {
+		lb_addr_to_ctx6(ctx, addr);
+	} else {
+		if (!lb_addr_is_v4(addr))
+			return 0; /* never happens: the control plane pairs families */
+		ctx->user_ip4 = addr->words[3];
+	}
+	ctx->user_port = port;
+	return 1;
+}
+
+static __always_inline int lb_fwd(struct bpf_sock_addr *ctx, const int ipv6)
 {
 	struct lb_addr addr;
 	__be16 port = (__be16)ctx->user_port;
 
-	lb_addr_from_v4(&addr, ctx->user_ip4);
+	lb_load(ctx, &addr, ipv6);
 	switch (lb_xlate_fwd(ctx, &addr, &port)) {
 	case LB_TRANSLATED:
-		if (!lb_addr_is_v4(&addr))
-			return lb_reject();
-		ctx->user_ip4 = addr.words[3];
-		ctx->user_port = port;
-		return SYS_PROCEED;
+		return lb_store(ctx, &addr, port, ipv6) ? SYS_PROCEED : lb_reject();
 	case LB_NO_BACKEND:
 		return lb_reject();
 	default:
@@ -210,56 +231,23 @@ static __always_inline int lb_fwd4(struct bpf_sock_addr *ctx)
 	}
 }
 
-static __always_inline int lb_fwd6(struct bpf_sock_addr *ctx)
+static __always_inline int lb_rev(struct bpf_sock_addr *ctx, const int ipv6)
 {
 	struct lb_addr addr;
 	__be16 port = (__be16)ctx->user_port;
 
-	lb_addr_from_ctx6(&addr, ctx);
-	switch (lb_xlate_fwd(ctx, &addr, &port)) {
-	case LB_TRANSLATED:
-		lb_addr_to_ctx6(ctx, &addr);
-		ctx->user_port = port;
-		return SYS_PROCEED;
-	case LB_NO_BACKEND:
-		return lb_reject();
-	default:
-		return SYS_PROCEED;
-	}
-}
-
-static __always_inline int lb_rev4(struct bpf_sock_addr *ctx)
-{
-	struct lb_addr addr;
-	__be16 port = (__be16)ctx->user_port;
-
-	lb_addr_from_v4(&addr, ctx->user_ip4);
-	if (lb_xlate_rev(ctx, &addr, &port) && lb_addr_is_v4(&addr)) {
-		ctx->user_ip4 = addr.words[3];
-		ctx->user_port = port;
-	}
-	return SYS_PROCEED;
-}
-
-static __always_inline int lb_rev6(struct bpf_sock_addr *ctx)
-{
-	struct lb_addr addr;
-	__be16 port = (__be16)ctx->user_port;
-
-	lb_addr_from_ctx6(&addr, ctx);
-	if (lb_xlate_rev(ctx, &addr, &port)) {
-		lb_addr_to_ctx6(ctx, &addr);
-		ctx->user_port = port;
-	}
+	lb_load(ctx, &addr, ipv6);
+	if (lb_xlate_rev(ctx, &addr, &port))
+		lb_store(ctx, &addr, port, ipv6);
 	return SYS_PROCEED;
 }
 
 /* One entry point per hook; the loader maps each to its attach type. */
-int lbc_connect4(struct bpf_sock_addr *ctx) { return lb_fwd4(ctx); }
-int lbc_connect6(struct bpf_sock_addr *ctx) { return lb_fwd6(ctx); }
-int lbc_sendmsg4(struct bpf_sock_addr *ctx) { return lb_fwd4(ctx); }
-int lbc_sendmsg6(struct bpf_sock_addr *ctx) { return lb_fwd6(ctx); }
-int lbc_recvmsg4(struct bpf_sock_addr *ctx) { return lb_rev4(ctx); }
-int lbc_recvmsg6(struct bpf_sock_addr *ctx) { return lb_rev6(ctx); }
-int lbc_getpeer4(struct bpf_sock_addr *ctx) { return lb_rev4(ctx); }
-int lbc_getpeer6(struct bpf_sock_addr *ctx) { return lb_rev6(ctx); }
+int lbc_connect4(struct bpf_sock_addr *ctx) { return lb_fwd(ctx, 0); }
+int lbc_connect6(struct bpf_sock_addr *ctx) { return lb_fwd(ctx, 1); }
+int lbc_sendmsg4(struct bpf_sock_addr *ctx) { return lb_fwd(ctx, 0); }
+int lbc_sendmsg6(struct bpf_sock_addr *ctx) { return lb_fwd(ctx, 1); }
+int lbc_recvmsg4(struct bpf_sock_addr *ctx) { return lb_rev(ctx, 0); }
+int lbc_recvmsg6(struct bpf_sock_addr *ctx) { return lb_rev(ctx, 1); }
+int lbc_getpeer4(struct bpf_sock_addr *ctx) { return lb_rev(ctx, 0); }
+int lbc_getpeer6(struct bpf_sock_addr *ctx) { return lb_rev(ctx, 1); }
