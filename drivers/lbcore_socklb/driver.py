@@ -308,6 +308,11 @@ class SockLBDriver(Driver):
     # ------------------------------------------------------------- read back
 
     def dump(self) -> list[FrontendState]:
+        # A read-only command must not create what `cleanup` removed: no pinned
+        # service map means nothing is programmed.
+        if self._bpf is None and not os.path.exists(
+                os.path.join(self.opts.bpffs_path, "lbc_svc")):
+            return []
         self._load()
         assert self._maps is not None
         image, _ = self._maps.read_image()

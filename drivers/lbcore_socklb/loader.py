@@ -64,7 +64,7 @@ def compile_program(pin_dir: str, sizes: Mapping[str, int]) -> Any:
     except ImportError as exc:
         raise DriverError(DRIVER, f"bcc is not importable ({exc}); run `make setup`") from None
     try:
-        bpf = BPF(src_file=str(bpf_source()), cflags=cflags(pin_dir, sizes))
+        bpf = BPF(src_file=str(bpf_source()).encode(), cflags=cflags(pin_dir, sizes))
     except Exception as exc:
         raise DriverError(DRIVER, f"compiling {bpf_source()} failed: {exc}") from exc
     _release_compiler_heap()

@@ -208,7 +208,7 @@ class KernelMaps:
 
 
 def _table(bpf: Any, name: str) -> Any:
-    table = bpf[name]
+    table = bpf[name.encode()]
     if getattr(table, "_name", None) is None:  # bcc names only some table types
         table._name = name
     return table
