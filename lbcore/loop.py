@@ -23,7 +23,6 @@ sees and reported in ``DesiredState.skipped`` (logged once when they appear, cou
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import threading
@@ -37,6 +36,7 @@ from .config import Config
 from .driver import Capabilities, SyncResult
 from .errors import LBCoreError, SourceError, ValidationError
 from .expand import IncrementalExpander
+from .memory import freeze_survivors, gc_paused, release_free_memory
 from .metrics import Metrics
 from .model import ClusterObjects, DesiredState, Frontend, NodeInfo, ServiceKey, SkippedService
 from .plugins import GuardedDriver
@@ -207,8 +207,9 @@ class Agent:
             if full is None:
                 full = self._full_sync_due(start)
             try:
-                state = self.plan(checkpoint.objects, None if full else checkpoint.changed)
-                result = self.driver.sync(state, None if full else checkpoint.changed)
+                with gc_paused():
+                    state = self.plan(checkpoint.objects, None if full else checkpoint.changed)
+                    result = self.driver.sync(state, None if full else checkpoint.changed)
             except Exception:
                 self.tracker.requeue(checkpoint)
                 self._force_full = True
@@ -220,9 +221,8 @@ class Agent:
             self._force_full = False
             if full:
                 self._last_full = start
-                # The state just built lives until the next full sync: keep the cyclic
-                # GC from rescanning ~10 objects per backend on every partial sync.
-                gc.freeze()
+                freeze_survivors()  # the state just built lives until the next full sync
+                release_free_memory()
             self._backoff.reset()
             self.metrics.sync_succeeded(
                 duration=end - start,

@@ -174,8 +174,9 @@ class FrontendType(enum.StrEnum):
     LOAD_BALANCER = "LoadBalancer"
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Backend:
+class Backend(NamedTuple):
+    """One usable endpoint address:port. A tuple: 100,000 of them are built per full sync."""
+
     ip: str
     port: int
     condition: Condition = Condition.READY

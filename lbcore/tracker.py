@@ -68,31 +68,39 @@ class Checkpoint(NamedTuple):
     queued_at: Mapping[ServiceKey, float]  # monotonic time each change was first seen
 
 
-def service_views(
-    objects: ClusterObjects, previous: ClusterObjects | None = None,
-    previous_views: Mapping[ServiceKey, ServiceView] | None = None,
-) -> dict[ServiceKey, ServiceView]:
-    """One view per service key that has a Service or an EndpointSlice.
+def _sorted_nodes(objects: ClusterObjects) -> tuple[Node, ...]:
+    return tuple(sorted(objects.nodes.values(), key=lambda n: n.name))
 
-    A key whose Service and slices are the very objects of ``previous`` (a watch
-    source replaces only what changed) reuses its previous view: an endpoint change
-    among 10,000 services must not rebuild 10,000 views.
+
+def _view(objects: ClusterObjects, key: ServiceKey, nodes: tuple[Node, ...]) -> ServiceView:
+    service = objects.services.get(key)
+    slices = tuple(sorted(objects.slices.get(key, ()), key=lambda s: (s.namespace, s.name)))
+    depends_on_nodes = service is not None and service.type in NODE_DEPENDENT_TYPES
+    return ServiceView(service, slices, nodes if depends_on_nodes else None)
+
+
+def service_views(objects: ClusterObjects) -> dict[ServiceKey, ServiceView]:
+    """One view per service key that has a Service or an EndpointSlice."""
+    nodes = _sorted_nodes(objects)
+    return {key: _view(objects, key, nodes)
+            for key in objects.services.keys() | objects.slices.keys()}
+
+
+def _candidates(previous: ClusterObjects | None, objects: ClusterObjects) -> set[ServiceKey]:
+    """Keys whose view may differ: all of them, unless ``previous`` shares objects.
+
+    A key whose Service and slices are the very objects of the previous snapshot (a
+    watch source replaces only what changed) cannot have changed; with 10,000
+    services an endpoint change must not rebuild 10,000 views.
     """
-    nodes = tuple(sorted(objects.nodes.values(), key=lambda n: n.name))
-    reuse = previous is not None and previous_views is not None and (
-        tuple(sorted(previous.nodes.values(), key=lambda n: n.name)) == nodes)
-    views: dict[ServiceKey, ServiceView] = {}
-    for key in objects.services.keys() | objects.slices.keys():
-        service = objects.services.get(key)
-        raw_slices = objects.slices.get(key, ())
-        if reuse and key in previous_views and previous.services.get(key) is service and (
-                previous.slices.get(key, ()) is raw_slices):
-            views[key] = previous_views[key]
-            continue
-        slices = tuple(sorted(raw_slices, key=lambda s: (s.namespace, s.name)))
-        depends_on_nodes = service is not None and service.type in NODE_DEPENDENT_TYPES
-        views[key] = ServiceView(service, slices, nodes if depends_on_nodes else None)
-    return views
+    keys = objects.services.keys() | objects.slices.keys()
+    if previous is None or _sorted_nodes(previous) != _sorted_nodes(objects):
+        return keys | previous.services.keys() | previous.slices.keys() if previous else keys
+    old_services, old_slices = previous.services, previous.slices
+    new_services, new_slices = objects.services, objects.slices
+    changed = {k for k in keys if old_services.get(k) is not new_services.get(k)
+               or old_slices.get(k) is not new_slices.get(k)}
+    return changed | (old_services.keys() - keys) | (old_slices.keys() - keys)
 
 
 class ChangeTracker:
@@ -115,25 +123,31 @@ class ChangeTracker:
         ``pending()`` is what the next sync has to program.
         """
         with self._lock:
-            previous, previous_views = self._objects, self._views
-        views = service_views(objects, previous, previous_views)
+            previous = self._objects
+        nodes = _sorted_nodes(objects)
+        live = objects.services.keys() | objects.slices.keys()
+        fresh = {key: _view(objects, key, nodes)
+                 for key in _candidates(previous, objects) if key in live}
         now = self._clock.now()
         touched: set[ServiceKey] = set()
         with self._lock:
-            for key in self._views.keys() | views.keys():
-                old, new = self._views.get(key), views.get(key)
-                if old is new or old == new:
+            gone = list(self._views.keys() - live)
+            for key in [*fresh, *gone]:
+                old, new = self._views.get(key), fresh.get(key)
+                if old == new:
                     continue
                 touched.add(key)
                 change = self._changes.get(key)
                 if change is None:
                     self._changes[key] = _Change(previous=old, current=new, since=now)
-                    continue
-                change.current = new
-                if change.previous == change.current:
-                    del self._changes[key]
+                else:
+                    change.current = new
+                    if change.previous == change.current:
+                        del self._changes[key]
+            for key in gone:
+                del self._views[key]
+            self._views.update(fresh)
             self._objects = objects
-            self._views = views
         return frozenset(touched)
 
     def pending(self) -> frozenset[ServiceKey]:

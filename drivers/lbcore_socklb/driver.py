@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from lbcore.driver import Capabilities, Driver, Problem, SyncResult, option, reject_unknown_options
 from lbcore.errors import CapacityError, ConfigError, DriverError
+from lbcore.memory import gc_paused
 from lbcore.model import (
     BackendState,
     DesiredState,
@@ -336,17 +335,6 @@ class SockLBDriver(Driver):
         if self._bpf is not None:
             self._bpf.cleanup()
         self._bpf = self._maps = None
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _index_by_address(frontends: Iterable[Frontend]) -> dict[FrontendAddress, Frontend]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lbcore.model import Condition, Frontend, FrontendAddress, FrontendType
 
@@ -31,8 +32,7 @@ MAX_REVNAT_ID = 0xFFFF  # rev_nat_id is a __u16 in the maps
 MAX_BACKEND_ID = 0xFFFFFFFF
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class BackendAddr:
+class BackendAddr(NamedTuple):
     ip: str
     port: int
     protocol: str
@@ -42,8 +42,7 @@ class BackendAddr:
         return f"{host}:{self.port}/{self.protocol}"
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
+class Slot(NamedTuple):
     backend_id: int
     condition: Condition = Condition.READY
 

@@ -8,7 +8,6 @@ stacks a duplicate. A foreign program on a hook is never replaced.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.resources
 import os
 from collections.abc import Iterator, Mapping
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lbcore.errors import DriverError
+from lbcore.memory import release_free_memory
 
 from . import bpfsys
 
@@ -67,14 +67,8 @@ def compile_program(pin_dir: str, sizes: Mapping[str, int]) -> Any:
         bpf = BPF(src_file=str(bpf_source()).encode(), cflags=cflags(pin_dir, sizes))
     except Exception as exc:
         raise DriverError(DRIVER, f"compiling {bpf_source()} failed: {exc}") from exc
-    _release_compiler_heap()
+    release_free_memory()  # clang's freed heap: ~40 MB of a long-running agent's RSS
     return bpf
-
-
-def _release_compiler_heap() -> None:
-    """Give clang's freed heap back to the OS: ~40 MB of a long-running agent's RSS."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _attach_type(hook: Hook) -> int:
