@@ -632,3 +632,58 @@ def test_service_map_full_is_refused_and_changes_nothing(lab, lbcore):
     assert lbcore.services_json_text() == before
     assert set(backends_hit(connects(lab, "10.96.1.1", 40))) == names(lab.backends)
     assert connect_errno(lab, "10.96.1.5")[0] == "ENETUNREACH"  # never programmed
+
+
+def _wait_for_backends(lab, want: set[str], deadline_s: float = 10) -> float:
+    """Seconds until 12 connects to VIP all succeed and reach exactly ``want``."""
+    started = time.monotonic()
+    while True:
+        results = connects(lab, VIP, 12, timeout=1)
+        if all("error" not in r for r in results) and {r["backend"] for r in results} == want:
+            return time.monotonic() - started
+        assert time.monotonic() - started < deadline_s, f"still {results[:3]}..., want {want}"
+        time.sleep(0.1)
+
+
+def _wait_for_log(agent, text: str, count: int = 1, deadline_s: float = 10) -> None:
+    deadline = time.monotonic() + deadline_s
+    while agent.output().count(text) < count:
+        assert agent.alive(), agent.output()
+        assert time.monotonic() < deadline, agent.output()
+        time.sleep(0.05)
+
+
+def test_running_agent_follows_file_edits_and_sighup(lab, lbcore):
+    """`lbcore run` reprograms the kernel when services.yaml changes (inotify), keeps the
+    last good state when an edit is invalid, and re-reads the file on SIGHUP."""
+    lab.start_http_backends()
+    b0, b1, b2 = lab.backends
+    lbcore.write(web(ready([b0])))
+    agent = lab.node.ns.spawn([LBCORE, "-v", "run", "-c", str(lbcore.config)], name="agent")
+    try:
+        _wait_for_backends(lab, {b0.name}, deadline_s=30)  # the first sync compiles
+
+        lbcore.write(web(ready([b0, b1])))  # an edit in place: the watch must see it
+        assert _wait_for_backends(lab, {b0.name, b1.name}) < 5
+
+        good = lbcore.services_json_text()
+        bad = web(ready([b2]))
+        bad[0]["spec"]["ports"][0]["port"] = 70000
+        lbcore.write(bad)
+        _wait_for_log(agent, "spec.ports[0].port")
+        assert lbcore.services_json_text() == good  # the kernel kept the last good state
+        assert _wait_for_backends(lab, {b0.name, b1.name}) < 1
+
+        agent.popen.send_signal(signal.SIGHUP)  # re-read now: the same error, reported again
+        _wait_for_log(agent, "SIGHUP: re-reading")
+        _wait_for_log(agent, "spec.ports[0].port", count=2)
+
+        lbcore.write(web(ready([b2])))
+        assert _wait_for_backends(lab, {b2.name}) < 5
+
+        assert agent.stop(timeout=10) == 0, agent.output()
+        assert "Traceback" not in agent.output(), agent.output()
+        assert _wait_for_backends(lab, {b2.name}) < 1  # SIGTERM left the datapath in place
+    finally:
+        if agent.alive():
+            agent.stop(timeout=10)
