@@ -28,6 +28,7 @@ from .ids import IdExhausted
 from .image import Allocators, MapImage, ServiceEntry, render_entry
 from .maps import KernelMaps
 from .plan import Plan, plan_sync
+from .sockdiag import Target, destroy_connected
 
 log = logging.getLogger(__name__)
 NAME = "socklb"
@@ -57,11 +58,13 @@ class SockLBOptions:
     bpffs_path: str
     map_sizes: Mapping[str, int]
     mount_bpffs: bool
+    destroy_tcp_sockets: bool = False  # connected UDP sockets are always destroyed
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> SockLBOptions:
         reject_unknown_options(
-            options, NAME, {"cgroup_path", "bpffs_path", "mount_bpffs", *MAP_SIZE_OPTIONS}
+            options, NAME,
+            {"cgroup_path", "bpffs_path", "mount_bpffs", "destroy_tcp_sockets", *MAP_SIZE_OPTIONS}
         )
         cgroup_path = option(options, NAME, "cgroup_path", str, "")
         if not cgroup_path or not os.path.isabs(cgroup_path):
@@ -79,7 +82,9 @@ class SockLBOptions:
         }
         sizes["revnat_map_max"] = min(sizes["revnat_map_max"], 65535)
         mount = option(options, NAME, "mount_bpffs", bool, True)
-        return cls(os.path.normpath(cgroup_path), os.path.normpath(bpffs_path), sizes, mount)
+        destroy_tcp = option(options, NAME, "destroy_tcp_sockets", bool, False)
+        return cls(os.path.normpath(cgroup_path), os.path.normpath(bpffs_path), sizes, mount,
+                   destroy_tcp)
 
     def macros(self) -> dict[str, int]:
         return {MAP_SIZE_OPTIONS[name][0]: value for name, value in self.map_sizes.items()}
@@ -293,6 +298,7 @@ class SockLBDriver(Driver):
         for bid in plan.backend_deletes:
             self._ids.backend.release(bid)
         self._image = after
+        self._destroy_stale_sockets(plan)
         if changed is None:
             self._synced = {k: tuple(fe.address for fe in fes)
                             for k, fes in state.services.items()}
@@ -303,6 +309,20 @@ class SockLBDriver(Driver):
                 self._synced[key] = tuple(fe.address for fe in frontends)
             else:
                 self._synced.pop(key, None)
+
+    def _destroy_stale_sockets(self, plan: Plan) -> None:
+        """Sockets connected to a backend that left the maps would keep using it."""
+        targets = [Target(b.ip, b.port, b.protocol) for b in plan.removed_backends
+                   if b.protocol == "UDP" or self.opts.destroy_tcp_sockets]
+        if not targets:
+            return
+        try:
+            count = destroy_connected(self.opts.cgroup_path, targets)
+        except OSError as exc:  # the maps are right; stale sockets are best effort
+            log.warning("socklb: destroying sockets of removed backends failed: %s", exc)
+            return
+        if count:
+            log.info("socklb: destroyed %d socket(s) connected to removed backends", count)
 
     # ------------------------------------------------------------- read back
 

@@ -30,6 +30,7 @@ class Plan:
     revnat_deletes: list[int] = field(default_factory=list)
     match_deletes: list[AffinityPair] = field(default_factory=list)
     backend_deletes: list[int] = field(default_factory=list)
+    removed_backends: list[BackendAddr] = field(default_factory=list)  # of backend_deletes
     # Transient growth of lbc_svc while a shrinking service still has its old slots.
     slot_overshoot: int = 0
     services_written: int = 0
@@ -122,6 +123,7 @@ def plan_sync(
     for bid in sorted(orphans):
         if bid in after.backends:
             plan.backend_deletes.append(bid)
+            plan.removed_backends.append(after.backends[bid])
             del after.backend_ids[after.backends.pop(bid)]
         after.backend_refs.pop(bid, None)
     return plan, after

@@ -687,3 +687,85 @@ def test_running_agent_follows_file_edits_and_sighup(lab, lbcore):
     finally:
         if agent.alive():
             agent.stop(timeout=10)
+
+
+# A long-lived DNS client on ONE connected UDP socket, as many resolvers and apps keep:
+# a query every 50 ms; on a socket error it opens a new socket, on a timeout it just
+# retries the same one. One line per query: "A backend=<name>" or "E <errno name>".
+LONG_LIVED_UDP_CLIENT = textwrap.dedent(
+    """
+    import errno, signal, socket, struct, sys, time
+    vip, stop = sys.argv[1], []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\\x03who\\x04test\\x00" \\
+        + struct.pack("!HH", 16, 1)
+    def fresh():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.3)
+        s.connect((vip, 53))
+        return s
+    s = fresh()
+    while not stop:
+        try:
+            s.send(query)
+            reply = s.recv(512)
+            name = reply[reply.index(b"backend="):].split(b"\\x00")[0].decode(errors="replace")
+            print("A", name.rstrip(), flush=True)
+        except socket.timeout:
+            print("E TIMEOUT", flush=True)
+        except OSError as e:
+            print("E", errno.errorcode.get(e.errno, e), flush=True)
+            s.close()
+            s = fresh()
+        time.sleep(0.05)
+    """
+)
+
+
+def test_removed_udp_backend_destroys_connected_sockets(lab, lbcore):
+    """A connected UDP socket whose backend leaves the service is destroyed (sock_diag
+    SOCK_DESTROY): the client's next call fails, it reconnects and gets a serving backend —
+    instead of talking to the removed one for ever (kubernetes#48370, in socket form).
+
+    The removed backend keeps answering (a pod taken out of the service while still
+    running): without the destroy the client would never notice. Had it stopped, its
+    namespace's ICMP port-unreachable would have told the client (tried: ECONNREFUSED).
+    """
+    dns = lab.start_dns_backends()
+    assert len(dns) == len(lab.backends)
+    svc = service("dns", DNS_VIP, [{"name": "dns", "port": 53, "protocol": "UDP"}])
+    lbcore.write(svc, endpoint_slice(svc, ready(lab.backends)))
+    lbcore.sync()
+    client = lab.client_spawn([sys.executable, "-I", "-S", "-c", LONG_LIVED_UDP_CLIENT, DNS_VIP],
+                              name="udp-client")
+    try:
+        deadline = time.monotonic() + 10
+        while not client.output().startswith("A backend="):
+            assert time.monotonic() < deadline and client.alive(), client.output()
+            time.sleep(0.05)
+        first = client.output().split()[1].removeprefix("backend=")
+        victim = next(i for i, b in enumerate(lab.backends) if b.name == first)
+        survivors = [b for i, b in enumerate(lab.backends) if i != victim]
+
+        assert dns[victim].alive()
+        lbcore.write(svc, endpoint_slice(svc, ready(survivors)))
+        mark = len(client.output().splitlines())
+        lbcore.sync()
+        deadline = time.monotonic() + 5
+        while True:
+            after = client.output().splitlines()[mark:]
+            answers = [line.split()[1] for line in after if line.startswith("A ")]
+            if answers[-3:] and all(a != f"backend={first}" for a in answers[-3:]):
+                break
+            assert time.monotonic() < deadline, f"still stuck on {first}: {after[-10:]}"
+            time.sleep(0.05)
+        # The kernel aborts and disconnects the socket: the next call reports
+        # ECONNABORTED, or EDESTADDRREQ when the send finds it already unconnected.
+        errors = {line for line in after if line.startswith("E ")}
+        assert errors & {"E ECONNABORTED", "E EDESTADDRREQ"}, sorted(set(after))
+        first_error = next(i for i, line in enumerate(after) if line.startswith("E "))
+        later = {line.split()[1].removeprefix("backend=") for line in after[first_error:]
+                 if line.startswith("A ")}
+        assert later and later <= {b.name for b in survivors}, after[first_error:]
+    finally:
+        client.stop()
