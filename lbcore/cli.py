@@ -147,14 +147,26 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 
 @cli.command()
 @config_option
+@click.option("--healthz-bind-address", "healthz_address", metavar="HOST:PORT", default=None,
+              help="serve /healthz, /livez and /metrics here (kube-proxy: 0.0.0.0:10256)")
 @click.pass_obj
-def run(env: CliEnv, config_path: Path) -> None:
+def run(env: CliEnv, config_path: Path, healthz_address: str | None) -> None:
     """Sync, then follow the source. SIGTERM/SIGINT stop it and leave the datapath
     in place; SIGHUP re-reads the source."""
+    from .health import HealthServer, parse_bind_address
+
     config = load_config(config_path)
+    address = parse_bind_address(healthz_address) if healthz_address else None
     agent = env.make_agent(config)
     LOG.info("lbcore %s: driver %s, %s", __version__, config.driver, agent.source.describe())
-    agent.run(threading.Event())
+    server = None
+    if address is not None:
+        server = HealthServer(address, agent.healthy, agent.metrics, agent.clock.wall).start()
+    try:
+        agent.run(threading.Event())
+    finally:
+        if server is not None:
+            server.close()
 
 
 @cli.command()
@@ -311,6 +323,15 @@ def demo(ctx: click.Context, args: tuple[str, ...]) -> None:
     from .demo import main as demo_main  # lazy: the other commands need no lab
 
     ctx.exit(demo_main(list(args)))
+
+
+def _add_lab_commands() -> None:
+    from .lab_cli import lab  # click only; the lab's own modules load per command
+
+    cli.add_command(lab)
+
+
+_add_lab_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

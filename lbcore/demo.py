@@ -1,19 +1,20 @@
-"""``python -m lbcore.demo`` (``make demo``, ``lbcore demo``): the essence of Cilium 1.6's
-socket-LB walkthrough, in network namespaces on this machine, through the real agent.
+"""``python -m lbcore.demo`` (``make demo``, ``lbcore demo``): Cilium's socket-LB
+walkthrough, reproduced in a namespace cluster on this machine, through the real agents.
 
-1. a lab (:mod:`lbcore.lab`): node ``10.244.0.1``, client pod ``net``, backend pods each
-   answering ``PodName: <pod> | PodIP: eth0 <ip>/32``;
-2. Kubernetes YAML (Service ``serversvc``, NodePort 32000; its EndpointSlice; the Node)
-   and an ``lbcore.yaml`` (driver socklb on ``net``'s cgroup, maps in the lab's private
-   bpffs) are written, and ``lbcore sync -c lbcore.yaml`` programs the kernel;
-3. ``lbcore services`` shows the ClusterIP and NodePort frontends;
-4. ``curl`` from ``net`` to the ClusterIP and to the node's NodePort, several times;
-5. ``tcpdump`` on ``net``'s eth0 during a curl: the SYN already goes to a pod IP, port 80;
-6. ``getpeername()`` in the client still names the service address.
+1. a cluster (:mod:`lbcore.lab`): nodes ``control-plane``, ``worker``, ``worker2``; a
+   ``cni`` pod on each worker answering ``PodName: cni-xxxxx | PodIP: eth0 <ip>/32``;
+   the NodePort Service ``serversvc`` (80 -> 80, nodePort 32000); a client pod ``net``;
+2. for each driver (default: socklb, then iptables if that driver loads): one
+   ``lbcore run`` agent per node, health-checked; each agent's ``lbcore services``;
+3. ``curl <nodeIP>:32000`` and ``curl <clusterIP>`` from ``net``, with the answering pod;
+4. a real ``tcpdump`` on ``net``'s eth0 (and on the ``cni`` pods' eth0) during one curl
+   to each, and the verdict drawn from it (:mod:`lbcore.demo_verdict`);
+5. the agents are stopped and ``lbcore cleanup`` removes the datapath; next driver;
+6. a side-by-side summary of the drivers.
 
-Every claim is a check; the exit status is 0 only if all held. Everything lives in
-namespaces and cgroups the demo created and is removed at the end (also on failure and
-on Ctrl-C): ``lbcore cleanup``, then the lab. ``--json`` prints the results as JSON.
+Every claim is a check; the exit status is 0 only if all held. Everything is removed at
+the end (also on failure and on Ctrl-C), unless ``--keep`` leaves the cluster up (with
+the last driver's agents) for ``lbcore lab exec``; ``lbcore lab down`` removes it.
 """
 
 from __future__ import annotations
@@ -25,41 +26,24 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .demo_report import Reporter
-from .lab import Capture, NetLab, NetLabError, SockLBLab, build_socklb_lab, lab_ids
+from .demo_verdict import EXPECTED_MODE, claim_holds, observe
+from .lab import Capture, NetLab, NetLabError, lab_ids
+from .lab.agents import services_json, start_agents, stop_agents
+from .lab.cluster import Cluster
+from .lab.state import keep as keep_lab
+from .lab.workload import NODE_PORT, PORT, Walkthrough, deploy_walkthrough
 
-CLUSTER_IP = "10.96.0.10"
-PORT = 80
-NODE_PORT = 32000
-NODE_NAME = "node"
-CLIENT = "net"
-REQUESTS = 8
+REQUESTS = 6
+DEFAULT_DRIVERS = ("socklb", "iptables")
 DESCRIPTION = (
-    "Cilium 1.6's socket-LB walkthrough in network namespaces, through the real agent "
-    "(lbcore sync with driver socklb); exit status 0 only if every check held."
-)
-
-_GETPEERNAME = textwrap.dedent(
-    """
-    import json, socket, sys
-    host, port = sys.argv[1], int(sys.argv[2])
-    s = socket.create_connection((host, port), timeout=3)
-    peer = s.getpeername()
-    s.sendall(f"GET /whoami HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n".encode())
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    print(json.dumps({"peer": list(peer[:2]),
-                      "server": json.loads(data.split(b"\\r\\n\\r\\n", 1)[1])}))
-    """
+    "Cilium's socket-LB walkthrough in a namespace cluster, through the real agents "
+    "(lbcore run per node); exit status 0 only if every check held."
 )
 
 
@@ -75,21 +59,39 @@ class Check:
 
 
 @dataclass
+class DriverRun:
+    driver: str
+    checks: list[Check] = field(default_factory=list)
+    services: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    requests: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    capture: dict[str, list[str]] = field(default_factory=dict)
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def check(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append(Check(f"{self.driver}: {name}", bool(ok), detail))
+        return bool(ok)
+
+
+@dataclass
 class DemoReport:
     checks: list[Check] = field(default_factory=list)
-    services: list[dict[str, Any]] = field(default_factory=list)
-    requests: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    capture: list[str] = field(default_factory=list)
-    syns: list[dict[str, Any]] = field(default_factory=list)
-    getpeername: list[dict[str, Any]] = field(default_factory=list)
+    cluster: dict[str, Any] = field(default_factory=dict)
+    runs: list[DriverRun] = field(default_factory=list)
+    skipped_drivers: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     interrupted: bool = False
+    kept: bool = False
     lab_id: str | None = None
     seconds: float = 0.0
 
+    def all_checks(self) -> list[Check]:
+        return [*self.checks, *(c for r in self.runs for c in r.checks)]
+
     @property
     def ok(self) -> bool:
-        return self.error is None and bool(self.checks) and all(c.ok for c in self.checks)
+        checks = self.all_checks()
+        return self.error is None and bool(self.runs) and all(c.ok for c in checks)
 
     def check(self, name: str, ok: bool, detail: str) -> bool:
         self.checks.append(Check(name, bool(ok), detail))
@@ -99,108 +101,16 @@ class DemoReport:
         return {"ok": self.ok, **asdict(self)}
 
 
-# ----------------------------------------------------------------------------- inputs
+def driver_problem(name: str) -> str | None:
+    """None if driver ``name`` loads (lbcore.plugins), else why not."""
+    from .errors import LBCoreError
+    from .plugins import DRIVERS, PluginRegistry, load_driver_class
 
-
-def pod_body(name: str, ip: str) -> str:
-    return f"PodName: {name} | PodIP: eth0 {ip}/32\n"
-
-
-def kubernetes_objects(sl: SockLBLab) -> list[dict[str, Any]]:
-    """What ``kubectl get svc,endpointslices,nodes -o yaml`` would print for the demo."""
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "serversvc", "namespace": "default", "labels": {"app": "server"}},
-        "spec": {
-            "type": "NodePort",
-            "clusterIP": CLUSTER_IP,
-            "clusterIPs": [CLUSTER_IP],
-            "ipFamilies": ["IPv4"],
-            "ipFamilyPolicy": "SingleStack",
-            "selector": {"app": "server"},
-            "ports": [{"port": PORT, "targetPort": PORT, "nodePort": NODE_PORT, "protocol": "TCP"}],
-            "externalTrafficPolicy": "Cluster",
-            "sessionAffinity": "None",
-        },
-    }
-    endpoints = [
-        {
-            "addresses": [b.ipv4],
-            "conditions": {"ready": True, "serving": True, "terminating": False},
-            "nodeName": NODE_NAME,
-            "targetRef": {"kind": "Pod", "name": b.name, "namespace": "default"},
-        }
-        for b in sl.backends
-    ]
-    endpoint_slice = {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": "serversvc-demo1",
-            "namespace": "default",
-            "labels": {
-                "kubernetes.io/service-name": "serversvc",
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-            },
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "", "port": PORT, "protocol": "TCP"}],
-        "endpoints": endpoints,
-    }
-    node = {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME}},
-        "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": sl.node.ipv4},
-                {"type": "Hostname", "address": NODE_NAME},
-            ]
-        },
-    }
-    return [service, endpoint_slice, node]
-
-
-def write_inputs(workdir: Path, sl: SockLBLab) -> Path:
-    """``services.yaml`` and ``lbcore.yaml`` in ``workdir``; returns the config path."""
-    (workdir / "services.yaml").write_text(
-        yaml.safe_dump_all(kubernetes_objects(sl), sort_keys=False)
-    )
-    config = {
-        "driver": "socklb",
-        "driver_options": {**sl.driver_options(), "mount_bpffs": False},
-        "node": {"name": NODE_NAME, "addresses": [sl.node.ipv4]},
-        "source": {"kind": "file", "path": "services.yaml"},
-    }
-    path = workdir / "lbcore.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-# ------------------------------------------------------------------------- the agent
-
-
-def lbcore_argv() -> list[str]:
-    """The installed ``lbcore`` next to this Python, else the CLI through ``-c``."""
-    script = Path(sys.executable).with_name("lbcore")
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from lbcore.cli import main; main(sys.argv[1:])"]
-
-
-def lbcore(*args: str, timeout: float = 60) -> str:
-    """Run ``lbcore ARGS`` (host side: it loads eBPF and attaches to the lab's cgroup)."""
-    cmd = [*lbcore_argv(), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise DemoError(
-            f"`lbcore {' '.join(args)}` exited {proc.returncode}:\n{proc.stderr}{proc.stdout}"
-        )
-    return proc.stdout
-
-
-# ----------------------------------------------------------------------------- steps
+    try:
+        load_driver_class(PluginRegistry(DRIVERS), name)
+    except LBCoreError as exc:
+        return str(exc)
+    return None
 
 
 def _pod_of(body: str) -> str | None:
@@ -208,195 +118,190 @@ def _pod_of(body: str) -> str | None:
     return m.group(1) if m else None
 
 
-def start_pods(sl: SockLBLab) -> None:
-    procs = [
-        sl.lab.http_server(
-            b.ns, b.name, PORT, cgroup=sl.servers_cgroup, wait=False, body=pod_body(b.name, b.ipv4)
-        )
-        for b in sl.backends
-    ]
-    sl.servers += procs
-    for p in procs:
-        sl.lab.wait_listening(p, PORT, "tcp")
+# ----------------------------------------------------------------------------- steps
 
 
-def step_before(sl: SockLBLab, report: DemoReport, out: Reporter) -> None:
-    urls = [f"http://{CLUSTER_IP}/", f"http://{sl.node.ipv4}:{NODE_PORT}/"]
-    results = [(url, sl.curl(url, timeout=2)) for url in urls]
+def frontends(w: Walkthrough) -> list[tuple[str, str, int]]:
+    """(label, ip, port) that net curls: its node's NodePort, the ClusterIP(s)."""
+    node = w.client.node
+    out = [(f"NodePort {node.name}", node.ipv4, NODE_PORT),
+           ("ClusterIP", w.service.cluster_ip, PORT)]
+    if w.service.cluster_ip6:
+        out.append(("ClusterIP IPv6", w.service.cluster_ip6, PORT))
+    return out
+
+
+def url(ip: str, port: int) -> str:
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
+
+
+def step_before(w: Walkthrough, report: DemoReport, out: Reporter) -> None:
+    results = [(url(ip, port), w.cluster.curl(w.client, url(ip, port), timeout=2))
+               for _, ip, port in frontends(w)[:2]]
     out.before(results)
-    report.check(
-        "no service without lbcore",
-        all(r.returncode != 0 for _, r in results),
-        "before the sync, curl to the ClusterIP and to the NodePort fails",
-    )
+    report.check("no service before the agents", all(r.returncode != 0 for _, r in results),
+                 "curl from net to the NodePort and the ClusterIP fails without lbcore")
 
 
-def step_services(config: Path, sl: SockLBLab, report: DemoReport, out: Reporter) -> None:
-    table = lbcore("services", "-c", str(config))
-    report.services = json.loads(lbcore("services", "-c", str(config), "-o", "json"))
-    out.services(table)
-    pods = sorted((b.ipv4, PORT, "active") for b in sl.backends)
-    want = {
-        (CLUSTER_IP, PORT, "TCP", "ClusterIP"),
-        (sl.node.ipv4, NODE_PORT, "TCP", "NodePort"),
-    }
-    got = {}
-    for fe in report.services:
-        f = fe["frontend"]
-        backends = sorted((b["ip"], b["port"], b["state"]) for b in fe["backends"])
-        got[(f["ip"], f["port"], f["protocol"], fe["type"])] = backends
-    report.check(
-        "kernel holds the service",
-        set(got) == want and all(b == pods for b in got.values()),
-        f"read back from the maps: {CLUSTER_IP}:{PORT} (ClusterIP) and "
-        f"{sl.node.ipv4}:{NODE_PORT} (NodePort), each -> {len(pods)} pods :{PORT}",
-    )
+def step_services(w: Walkthrough, run: DriverRun, agents, out: Reporter) -> set[tuple[str, int]]:
+    """Each agent's ``lbcore services``; returns the frontends net's node holds."""
+    pods4 = sorted((p.ipv4, PORT) for p in w.servers)
+    held_by_net_node: set[tuple[str, int]] = set()
+    with ThreadPoolExecutor(len(agents)) as pool:
+        dumps = list(pool.map(lambda a: services_json(w.cluster, a), agents))
+    for agent, dump in zip(agents, dumps, strict=True):
+        node = agent.node
+        run.services[node.name] = dump
+        out.services(run.driver, node.name, dump)
+        got = {(s["frontend"]["ip"], s["frontend"]["port"]):
+               sorted((b["ip"], b["port"]) for b in s["backends"]) for s in run.services[node.name]}
+        if node is w.client.node:
+            held_by_net_node = set(got)
+        want = [(w.service.cluster_ip, PORT), (node.ipv4, NODE_PORT)]
+        run.check(f"{node.name} holds serversvc",
+                  all(got.get(fe) == pods4 for fe in want),
+                  f"{w.service.cluster_ip}:{PORT} (ClusterIP) and {node.ipv4}:{NODE_PORT} "
+                  f"(NodePort) -> {', '.join(ip for ip, _ in pods4)} :{PORT}")
+    return held_by_net_node
 
 
-def step_requests(sl: SockLBLab, report: DemoReport, out: Reporter, n: int) -> None:
-    names = {b.name for b in sl.backends}
-    for label, url in (
-        ("ClusterIP", f"http://{CLUSTER_IP}/"),
-        ("NodePort", f"http://{sl.node.ipv4}:{NODE_PORT}/"),
-    ):
+def step_requests(w: Walkthrough, run: DriverRun, held: set[tuple[str, int]],
+                  out: Reporter, n: int) -> None:
+    names = {p.name for p in w.servers}
+    for label, ip, port in frontends(w):
+        if (ip, port) not in held:
+            out.note(f"{label} {url(ip, port)}: not programmed by {run.driver} (see services)")
+            continue
         rows = []
         for _ in range(n):
-            r = sl.curl(url)
-            rows.append(
-                {
-                    "url": url,
-                    "rc": r.returncode,
-                    "pod": _pod_of(r.stdout),
-                    "answer": (r.stdout or r.stderr).strip(),
-                }
-            )
-        report.requests[label] = rows
-        out.requests(label, url, rows)
+            r = w.cluster.curl(w.client, url(ip, port))
+            rows.append({"url": url(ip, port), "rc": r.returncode, "pod": _pod_of(r.stdout),
+                         "answer": (r.stdout or r.stderr).strip()})
+        run.requests[label] = rows
+        out.requests(label, rows)
         answered = [row["pod"] for row in rows if row["rc"] == 0 and row["pod"] in names]
-        spread = sorted(set(answered))
-        report.check(
-            f"curl {label} answered by pods",
-            len(answered) == n and len(spread) >= min(2, len(names)),
-            f"{len(answered)}/{n} answered, spread over {len(spread)} pod(s): {', '.join(spread)}",
-        )
+        run.check(f"curl {label} answered by cni pods", len(answered) == n,
+                  f"{len(answered)}/{n} answered by {', '.join(sorted(set(answered))) or '-'}")
 
 
-def step_capture(sl: SockLBLab, report: DemoReport, out: Reporter) -> None:
-    backend_ips = {b.ipv4: b.name for b in sl.backends}
-    urls = [f"http://{CLUSTER_IP}/", f"http://{sl.node.ipv4}:{NODE_PORT}/"]
-    with Capture(sl.lab, sl.client.ns, sl.client.ifname) as cap:
-        answers = [_pod_of(sl.curl(url).stdout) for url in urls]
-    report.capture = cap.lines
-    syns = [p for p in cap.packets if p.syn and p.src == sl.client.ipv4]
-    report.syns = [
-        {
-            "url": url,
-            "syn": f"{p.src}:{p.sport} > {p.dst}:{p.dport}",
-            "dst_pod": backend_ips.get(p.dst),
-            "answered_by": pod,
-            "line": p.line,
-        }
-        for url, p, pod in zip(urls, syns, answers, strict=False)
-    ]
-    vips = {CLUSTER_IP, sl.node.ipv4}
-    leaked = [p.line for p in cap.packets if vips & set(p.endpoints())]
-    leaked += [ln for ln in cap.lines if any(f"who-has {ip} " in ln for ip in vips)]
-    out.capture(cap.lines, report.syns)
-    report.check(
-        "SYN carries the pod address",
-        len(syns) == len(urls)
-        and all(p.dst in backend_ips and p.dport == PORT for p in syns)
-        and all(s["dst_pod"] == s["answered_by"] for s in report.syns),
-        f"{len(syns)} SYN(s) on {sl.client.name}'s {sl.client.ifname}, each to the pod that "
-        f"answered, port {PORT}",
-    )
-    report.check(
-        "no service address on the wire",
-        not leaked,
-        f"no packet to or from {CLUSTER_IP} or {sl.node.ipv4} (:{NODE_PORT}) in "
-        f"{len(cap.lines)} captured line(s)"
-        if not leaked
-        else "seen: " + "; ".join(leaked[:3]),
-    )
+def step_capture(w: Walkthrough, run: DriverRun, out: Reporter) -> None:
+    lab, cluster = w.cluster.lab, w.cluster
+    targets = frontends(w)[:2]  # the walkthrough's two curls (IPv4)
+    caps = {"net": Capture(lab, w.client.ns, "eth0", cgroup=w.client.cgroup)}
+    for p in w.servers:
+        caps[p.name] = Capture(lab, p.ns, "eth0", ["tcp"], cgroup=p.cgroup)
+    for cap in caps.values():
+        cap.start()
+    answers = []
+    try:
+        for _, ip, port in targets:
+            answers.append(_pod_of(cluster.curl(w.client, url(ip, port)).stdout))
+    finally:
+        for cap in caps.values():
+            cap.stop()
+    run.capture = {name: cap.lines for name, cap in caps.items()}
+    net_syns = [p for p in caps["net"].packets if p.syn and p.src == w.client.ipv4]
+    backend_syns = {name: [p for p in cap.packets if p.syn]
+                    for name, cap in caps.items() if name != "net"}
+    pod_ips = {p.ipv4: p.name for p in w.servers}
+    for i, ((label, ip, port), pod) in enumerate(zip(targets, answers, strict=True)):
+        obs = observe(label, (ip, port), pod, net_syns[i:i + 1], caps["net"].lines,
+                      backend_syns, pod_ips, PORT)
+        run.observations.append(obs.to_json())
+        want = EXPECTED_MODE.get(run.driver)
+        claim = {"socket": "SYN carries the backend pod IP:80, no service address on the wire",
+                 "node": "SYN carries the service address; translated in the node"}
+        run.check(f"tcpdump: curl {label}",
+                  claim_holds(run.driver, obs),
+                  f"{claim.get(want, 'conclusive observation')}; seen: SYN "
+                  f"{obs.client_syn or 'none'} ({obs.client_syn_to or '-'}), at "
+                  f"{pod or '?'}: {obs.backend_syn or 'none'}"
+                  + (f"; service address on the wire: {obs.service_on_wire[0]}"
+                     if obs.service_on_wire else ""))
+    out.capture(run.driver, run.capture, run.observations)
 
 
-def step_getpeername(sl: SockLBLab, report: DemoReport, out: Reporter) -> None:
-    backend_ips = {b.ipv4 for b in sl.backends}
-    for host, port in ((CLUSTER_IP, PORT), (sl.node.ipv4, NODE_PORT)):
-        r = sl.client_run([sys.executable, "-I", "-S", "-c", _GETPEERNAME, host, str(port)])
-        if r.returncode != 0:
-            raise DemoError(f"getpeername client to {host}:{port} failed:\n{r.stderr}")
-        res = json.loads(r.stdout)
-        res["service"] = [host, port]
-        report.getpeername.append(res)
-        server = res["server"]
-        report.check(
-            f"getpeername {host}:{port}",
-            res["peer"] == [host, port]
-            and server["local_ip"] in backend_ips
-            and server["local_port"] == PORT
-            and server["client_ip"] == sl.client.ipv4,
-            f"client sees {res['peer'][0]}:{res['peer'][1]}; {server['backend']} sees "
-            f"{server['client_ip']} -> {server['local_ip']}:{server['local_port']}",
-        )
-    out.getpeername(report.getpeername)
+def step_removed(w: Walkthrough, run: DriverRun, agents, out: Reporter) -> None:
+    problems = stop_agents(w.cluster, agents, cleanup=True)
+    r = w.cluster.curl(w.client, url(w.service.cluster_ip, PORT), timeout=2)
+    out.removed(run.driver, problems, r)
+    run.check("lbcore cleanup removed the datapath", not problems and r.returncode != 0,
+              "; ".join(problems) or "agents stopped, `lbcore cleanup` on each node; "
+              "curl to the ClusterIP fails again")
+
+
+def run_driver(w: Walkthrough, driver: str, out: Reporter, *, requests: int,
+               last_kept: bool) -> DriverRun:
+    run = DriverRun(driver)
+    start = time.monotonic()
+    out.driver_start(driver)
+    agents = start_agents(w.cluster, [driver])
+    out.agents(driver, agents)
+    held = step_services(w, run, agents, out)
+    step_requests(w, run, held, out, requests)
+    step_capture(w, run, out)
+    if not last_kept:
+        step_removed(w, run, agents, out)
+    run.seconds = round(time.monotonic() - start, 2)
+    return run
 
 
 # ------------------------------------------------------------------------------ main
 
 
-def run_demo(out: Reporter, *, backends: int = 3, requests: int = REQUESTS) -> DemoReport:
+def run_demo(out: Reporter, drivers: list[str], *, nodes: int = 3, requests: int = REQUESTS,
+             keep: bool = False) -> DemoReport:
     report = DemoReport()
     start = time.monotonic()
-    config: Path | None = None
+    for name in list(drivers):
+        problem = driver_problem(name)
+        if problem:
+            report.skipped_drivers[name] = problem
+            drivers.remove(name)
+    out.skipped_drivers(report.skipped_drivers)
     lab = NetLab()
     report.lab_id = lab.id
+    cluster: Cluster | None = None
     try:
-        sl = build_socklb_lab(lab, backends, client=CLIENT)
-        start_pods(sl)
-        out.lab(sl)
-        workdir = lab.run_dir / "demo"
-        workdir.mkdir()
-        config = write_inputs(workdir, sl)
-        out.inputs(workdir, config, kubernetes_objects(sl))
-        step_before(sl, report, out)
-        synced = lbcore("sync", "-c", str(config))
-        out.synced(f"lbcore sync -c {config.name}", synced)
-        step_services(config, sl, report, out)
-        step_requests(sl, report, out, requests)
-        step_capture(sl, report, out)
-        step_getpeername(sl, report, out)
+        if not drivers:
+            raise DemoError("no driver to run: " + "; ".join(report.skipped_drivers.values()))
+        cluster = Cluster.create(lab, nodes)
+        w = deploy_walkthrough(cluster)
+        report.cluster = cluster.to_dict()
+        out.cluster(cluster, w)
+        step_before(w, report, out)
+        for i, driver in enumerate(drivers):
+            last = i == len(drivers) - 1
+            report.runs.append(run_driver(w, driver, out, requests=requests,
+                                          last_kept=keep and last))
+        if keep:
+            keep_lab(cluster)
+            report.kept = True
     except (DemoError, NetLabError, OSError, subprocess.SubprocessError, ValueError) as exc:
         report.error = str(exc)
     except KeyboardInterrupt:
         report.error, report.interrupted = "interrupted (Ctrl-C or SIGTERM)", True
     finally:
-        _teardown(lab, config, report)
+        if not report.kept:
+            _teardown(lab, cluster, report)
         report.seconds = round(time.monotonic() - start, 2)
     return report
 
 
-def _teardown(lab: NetLab, config: Path | None, report: DemoReport) -> None:
+def _teardown(lab: NetLab, cluster: Cluster | None, report: DemoReport) -> None:
     problems = []
-    if config is not None:
-        try:
-            lbcore("cleanup", "-c", str(config))
-        except (DemoError, subprocess.SubprocessError) as exc:
-            problems.append(str(exc))
+    if cluster is not None and cluster.agents:
+        problems += stop_agents(cluster, cleanup=True)
     try:
         lab.close()
     except NetLabError as exc:
         problems.append(str(exc))
     if lab.id in lab_ids():
         problems.append(f"lab {lab.id} left resources behind")
-    if report.checks or problems:
-        report.check(
-            "everything removed",
-            not problems,
-            "lbcore cleanup, then the lab's namespaces, cgroups and bpffs"
-            if not problems
-            else "; ".join(problems),
-        )
+    report.check("everything removed", not problems,
+                 "agents, namespaces, cgroups, bpffs pins, processes" if not problems
+                 else "; ".join(problems))
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -405,33 +310,45 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lbcore demo", description=DESCRIPTION)
+    parser.add_argument("--driver", action="append", metavar="NAME",
+                        help="driver to run (repeatable; default: socklb, then iptables "
+                             "if it is installed and loads)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--backends", type=int, default=3, help="backend pods (2-10)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the cluster up (last driver's agents running) for "
+                             "`lbcore lab exec`; remove it with `lbcore lab down`")
+    parser.add_argument("--nodes", type=int, default=3, help="cluster nodes (2-6)")
     parser.add_argument("--requests", type=int, default=REQUESTS, help="curls per frontend")
     args = parser.parse_args(argv)
-    if not 2 <= args.backends <= 10:
-        parser.error("--backends must be 2..10")
+    if not 2 <= args.nodes <= 6:
+        parser.error("--nodes must be 2..6")
     if os.geteuid() != 0:
         print("lbcore demo: needs root (network namespaces, cgroups, eBPF)", file=sys.stderr)
         return 1
+    explicit = bool(args.driver)
+    drivers = list(dict.fromkeys(args.driver or DEFAULT_DRIVERS))
     out = Reporter(quiet=args.json)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        report = run_demo(out, backends=args.backends, requests=args.requests)
+        report = run_demo(out, drivers, nodes=args.nodes, requests=args.requests,
+                          keep=args.keep)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if explicit and report.skipped_drivers:
+        report.error = report.error or "driver(s) not available: " + "; ".join(
+            f"{k}: {v}" for k, v in report.skipped_drivers.items())
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     elif not report.interrupted:
         out.summary(report)
     if report.ok:
         return 0
-    leftovers = [c.detail for c in report.checks if c.name == "everything removed" and not c.ok]
     if report.interrupted:
-        done = f"cleanup incomplete: {leftovers[0]}" if leftovers else "everything was removed"
-        print(f"lbcore demo: interrupted; {done}", file=sys.stderr)
+        print("lbcore demo: interrupted; everything was removed" if not any(
+            c.name == "everything removed" and not c.ok for c in report.checks)
+            else "lbcore demo: interrupted; cleanup incomplete", file=sys.stderr)
         return 130
-    failed = [c.name for c in report.checks if not c.ok]
+    failed = [c.name for c in report.all_checks() if not c.ok]
     why = report.error or f"failed check(s): {', '.join(failed)}"
     print(f"lbcore demo: FAILED: {why}", file=sys.stderr)
     return 1

@@ -1,4 +1,4 @@
-"""What ``lbcore demo`` prints while it runs, and its closing summary (rich).
+"""What ``lbcore demo`` prints while it runs, and its closing side-by-side summary (rich).
 
 A :class:`Reporter` with ``quiet=True`` prints nothing (``--json``: only the JSON).
 """
@@ -6,26 +6,34 @@ A :class:`Reporter` with ``quiet=True`` prints nothing (``--json``: only the JSO
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .demo_verdict import MODE_TEXT
+
 if TYPE_CHECKING:
     from .demo import DemoReport
-    from .lab import SockLBLab
+    from .lab.cluster import Cluster
+    from .lab.workload import Walkthrough
+
+
+def _table(*cols: str) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in cols:
+        table.add_column(col, no_wrap=True)
+    return table
 
 
 class Reporter:
     def __init__(self, *, quiet: bool = False, console: Console | None = None) -> None:
         self.quiet = quiet
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, width=140)
         self._step = 0
 
     def _title(self, text: str) -> None:
@@ -40,117 +48,133 @@ class Reporter:
     def _text(self, text: str, style: str = "") -> None:
         self._print(Text(text.rstrip("\n"), style=style))
 
+    def note(self, text: str) -> None:
+        self._text(text, "yellow")
+
     # ---------------------------------------------------------------------- steps
 
-    def lab(self, sl: SockLBLab) -> None:
-        self._title("lab: one node, a client pod and server pods in network namespaces")
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("pod", "eth0", "network namespace", "cgroup"):
-            table.add_column(col, no_wrap=True)
-        root = sl.clients_cgroup.parent
-        table.add_row("(node)", sl.node.ipv4, sl.node.ns.name, "-")
-        table.add_row(
-            sl.client.name,
-            sl.client.ipv4,
-            sl.client.ns.name,
-            f"{root.name}/{sl.clients_cgroup.name}",
-        )
-        for b in sl.backends:
-            table.add_row(b.name, b.ipv4, b.ns.name, f"{root.name}/{sl.servers_cgroup.name}")
-        self._print(table)
-        self._text(
-            f"cgroups under {root.parent}/; socklb will attach to "
-            f"{root.name}/{sl.clients_cgroup.name} only",
-            "dim",
-        )
+    def skipped_drivers(self, skipped: Mapping[str, str]) -> None:
+        for name, why in skipped.items():
+            self._text(f"driver {name}: not run ({why})", "yellow")
 
-    def inputs(self, workdir: Path, config: Path, objects: Sequence[dict[str, Any]]) -> None:
-        self._title(f"Kubernetes objects and lbcore.yaml, written to {workdir}")
-        service = yaml.safe_dump(objects[0], sort_keys=False).rstrip()
-        self._print(Panel(Text(service), title="services.yaml: Service", expand=False))
-        for obj in objects[1:]:
-            meta = obj["metadata"]["name"]
-            if obj["kind"] == "EndpointSlice":
-                eps = ", ".join(
-                    f"{e['targetRef']['name']} {e['addresses'][0]}" for e in obj["endpoints"]
-                )
-                self._text(
-                    f"+ EndpointSlice {meta}: {eps} (ready), port {obj['ports'][0]['port']}/TCP"
-                )
-            elif obj["kind"] == "Node":
-                addrs = ", ".join(
-                    a["address"] for a in obj["status"]["addresses"] if a["type"] == "InternalIP"
-                )
-                self._text(f"+ Node {meta}: InternalIP {addrs}")
-        self._print(Panel(Text(config.read_text().rstrip()), title=config.name, expand=False))
+    def cluster(self, cluster: Cluster, w: Walkthrough) -> None:
+        self._title("the cluster: kubectl get nodes,pods -o wide")
+        nodes = _table("NAME", "STATUS", "ROLES", "INTERNAL-IP", "POD-CIDRS", "NETNS")
+        for n in cluster.nodes.values():
+            nodes.add_row(n.name, "Ready", n.roles, f"{n.ipv4},{n.ipv6}",
+                          f"{n.pod_cidr4},{n.pod_cidr6}", n.ns.name)
+        self._print(nodes)
+        self._text("")
+        pods = _table("NAME", "READY", "STATUS", "IP", "IPv6", "NODE", "LABELS")
+        for p in cluster.pods.values():
+            labels = ",".join(f"{k}={v}" for k, v in p.labels.items())
+            pods.add_row(p.name, "1/1", "Running", p.ipv4, p.ipv6, p.node.name, labels)
+        self._print(pods)
+        s = w.service
+        self._text("")
+        svc = _table("NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR")
+        svc.add_row(s.name, s.type, ",".join(s.cluster_ips),
+                    ",".join(f"{p.port}:{p.node_port}/{p.protocol}" for p in s.ports),
+                    ",".join(f"{k}={v}" for k, v in s.selector.items()))
+        self._print(svc)
+        self._text(f"objects (Service, EndpointSlices, Nodes) written to "
+                   f"{cluster.controller.path}; each pod's processes in "
+                   f"{cluster.lab.cgroup_root}/<node>/pods/<pod>", "dim")
 
     def before(self, results: Sequence[tuple[str, subprocess.CompletedProcess[str]]]) -> None:
-        self._title("before lbcore: curl from the client pod")
+        self._title("before any agent: curl from net")
         for url, r in results:
             answer = (r.stdout or r.stderr).strip().removeprefix("curl: ")
-            self._text(f"$ curl {url}\n  {answer or f'exit {r.returncode}'}", "dim")
+            self._text(f"$ kubectl exec net -- curl {url}\n  {answer or f'exit {r.returncode}'}",
+                       "dim")
 
-    def synced(self, command: str, output: str) -> None:
-        self._title(f"the agent: {command}")
-        self._text(output)
+    def driver_start(self, driver: str) -> None:
+        self._title(f"driver {driver}: one `lbcore run` agent per node")
 
-    def services(self, table: str) -> None:
-        self._title("lbcore services (read back from the kernel's maps)")
-        self._text(table)
+    def agents(self, driver: str, agents: Sequence[Any]) -> None:
+        for a in agents:
+            self._text(f"{a.name}: pid {a.proc.pid}, in netns {a.node.ns.name}, "
+                       f"config {a.config} -> healthy (holds every planned frontend)", "dim")
 
-    def requests(self, label: str, url: str, rows: Sequence[dict[str, Any]]) -> None:
-        self._title(f"{label}: curl from the client pod")
-        self._text(f"$ for i in $(seq {len(rows)}); do curl -s {url}; done", "bold")
-        counts: dict[str, int] = {}
+    def services(self, driver: str, node: str, services: Sequence[dict[str, Any]]) -> None:
+        """``lbcore services -o json`` of one node, shown as ``cilium service list``."""
+        self._text(f"$ lbcore services   # on {node} ({driver}), read back from the kernel",
+                   "bold")
+        table = _table("ID", "Frontend", "Service Type", "Backend")
+        for s in sorted(services, key=lambda s: s["id"]):
+            fe = s["frontend"]
+            host = f"[{fe['ip']}]" if ":" in fe["ip"] else fe["ip"]
+            backends = "\n".join(
+                f"{i} => {'[' + b['ip'] + ']' if ':' in b['ip'] else b['ip']}:{b['port']} "
+                f"({b['state']})" for i, b in enumerate(s["backends"], 1))
+            table.add_row(str(s["id"]), f"{host}:{fe['port']}/{fe['protocol']}", s["type"],
+                          backends or "-")
+        self._print(table)
+
+    def requests(self, label: str, rows: Sequence[dict[str, Any]]) -> None:
+        url = rows[0]["url"] if rows else ""
+        self._text(f"$ kubectl exec net -- curl -s {url}   # x{len(rows)} ({label})", "bold")
         for row in rows:
             self._text(row["answer"], "" if row["rc"] == 0 else "red")
-            if row["pod"]:
-                counts[row["pod"]] = counts.get(row["pod"], 0) + 1
-        spread = ", ".join(f"{pod} x{n}" for pod, n in sorted(counts.items()))
-        self._text(f"spread: {spread or 'none'}", "bold")
 
-    def capture(self, lines: Sequence[str], syns: Sequence[dict[str, Any]]) -> None:
-        self._title("tcpdump -n -i eth0 in the client pod, during one curl to each")
-        for line in lines:
-            style = "bold" if "Flags [S]," in line else "dim"
-            if not self.quiet:
-                self.console.print(Text(line, style=style), no_wrap=True, overflow="ellipsis")
-        for s in syns:
-            self._text(
-                f"curl {s['url']}: SYN {s['syn']} = {s['dst_pod']}, answered by {s['answered_by']}",
-                "bold",
-            )
+    def capture(self, driver: str, capture: Mapping[str, list[str]],
+                observations: Sequence[dict[str, Any]]) -> None:
+        self._text(f"$ tcpdump -n -i eth0   # in net (and tcp on each cni pod), during one "
+                   f"curl to each ({driver})", "bold")
+        for name, lines in capture.items():
+            for line in lines:
+                if name != "net" and "Flags [S]," not in line:
+                    continue
+                style = "bold" if "Flags [S]," in line else "dim"
+                if not self.quiet:
+                    self.console.print(Text(f"{name:>9} | {line}", style=style), no_wrap=True,
+                                       overflow="ellipsis")
+        for o in observations:
+            self._text(f"=> curl {o['label']} {o['service'][0]}:{o['service'][1]}: net sent "
+                       f"SYN {o['client_syn']} ({o['client_syn_to']}); {o['answered_by']} got "
+                       f"{o['backend_syn']}; translated {MODE_TEXT[o['mode']]}", "green bold")
 
-    def getpeername(self, results: Sequence[dict[str, Any]]) -> None:
-        self._title("getpeername() in the client, and what the server saw")
-        for r in results:
-            host, port = r["service"]
-            peer, server = r["peer"], r["server"]
-            self._text(f"connect({host}:{port}): getpeername() = {peer[0]}:{peer[1]}")
-            self._text(
-                f"  {server['backend']} accepted {server['client_ip']}:{server['client_port']}"
-                f" on {server['local_ip']}:{server['local_port']} (client address kept)",
-                "dim",
-            )
+    def removed(self, driver: str, problems: Sequence[str],
+                r: subprocess.CompletedProcess[str]) -> None:
+        self._text(f"agents stopped, `lbcore cleanup` on every node ({driver}); curl to the "
+                   f"ClusterIP now: {(r.stderr or r.stdout).strip() or r.returncode}", "dim")
+        for p in problems:
+            self._text(p, "red")
 
     # -------------------------------------------------------------------- summary
 
     def summary(self, report: DemoReport) -> None:
-        self._title(f"what was proven ({report.seconds:.1f} s)")
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        table.add_column("", no_wrap=True)
-        table.add_column("check", no_wrap=True)
-        table.add_column("evidence")
-        for c in report.checks:
+        self._title(f"side by side ({report.seconds:.1f} s)")
+        runs = report.runs
+        if runs:
+            table = Table(header_style="bold", show_lines=True)
+            table.add_column("", no_wrap=True)
+            for run in runs:
+                table.add_column(run.driver)
+            labels = [o["label"] for o in runs[0].observations]
+            for label in labels:
+                obs = [next((o for o in r.observations if o["label"] == label), None)
+                       for r in runs]
+                table.add_row(f"curl {label}: SYN on net's eth0",
+                              *[f"{o['client_syn']}\n({o['client_syn_to']})" if o else "-"
+                                for o in obs])
+                table.add_row(f"curl {label}: SYN at the pod",
+                              *[(o["backend_syn"] or "-") if o else "-" for o in obs])
+                table.add_row(f"curl {label}: translated",
+                              *[MODE_TEXT[o["mode"]] if o else "-" for o in obs])
+            table.add_row("checks", *[
+                f"{sum(c.ok for c in r.checks)}/{len(r.checks)} passed" for r in runs])
+            self._print(table)
+        for name, why in report.skipped_drivers.items():
+            self._text(f"not run: {name} ({why})", "yellow")
+        checks = _table("", "check", "evidence")
+        checks.columns[2].no_wrap = False
+        for c in report.all_checks():
             mark = Text("PASS", style="green bold") if c.ok else Text("FAIL", style="red bold")
-            table.add_row(mark, Text(c.name), Text(c.detail))
-        self._print(table)
+            checks.add_row(mark, Text(c.name), Text(c.detail))
+        self._print(checks)
         if report.error:
             self._print(Panel(Text(report.error), title="demo stopped", style="red"))
-        elif report.ok:
-            self._text(
-                "socket-LB: the service address was translated once, at connect(), inside "
-                "the client's socket: no packet carried the ClusterIP or NodePort, and the "
-                "application still saw the service address.",
-                "green",
-            )
+        if report.kept:
+            self._text(f"lab {report.lab_id} kept: `lbcore lab status`, `lbcore lab exec net -- "
+                       f"curl ...`, `lbcore lab down`", "bold")

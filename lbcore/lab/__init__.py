@@ -8,12 +8,19 @@ integration tests all stand on it.
 - :mod:`.clients` / :mod:`.servers` — curl, dig, UDP; HTTP, UDP, dnsmasq, nginx;
 - :mod:`.sweep` — teardown by lab id, and removal of leftovers of killed runs;
 - :mod:`.topology` — the socket-LB topology (:func:`build_socklb_lab`);
-- :mod:`.capture` — a real ``tcpdump`` in a lab namespace, parsed (:class:`Capture`).
+- :mod:`.capture` — a real ``tcpdump`` in a lab namespace, parsed (:class:`Capture`);
+- :mod:`.cluster` — the multi-node cluster (:class:`Cluster`: nodes, pods, native
+  routing, per-node cgroups), :mod:`.addressing` its address plan, :mod:`.controller`
+  the endpoint controller (Service/EndpointSlice/Node YAML), :mod:`.agents` one
+  ``lbcore run`` per node, :mod:`.workload` the walkthrough's resources, :mod:`.state`
+  the state on disk behind ``lbcore lab up|status|exec|down``.
 
-Only the standard library is imported here.
+Only the standard library is imported here (the controller and agents load PyYAML and
+the core lazily).
 """
 
 from .capture import Capture, Packet
+from .cluster import Cluster, ClusterNode, ClusterPod
 from .netns import NetLab, Netns
 from .paths import CGROUP2_ROOT, NETNS_DIR, PREFIX, RUN_ROOT
 from .procs import NetLabError, Proc, sh
@@ -26,6 +33,9 @@ __all__ = [
     "PREFIX",
     "RUN_ROOT",
     "Capture",
+    "Cluster",
+    "ClusterNode",
+    "ClusterPod",
     "NetLab",
     "NetLabError",
     "Netns",

@@ -184,6 +184,12 @@ class NetLab(ProcessesMixin, ClientsMixin, ServersMixin):
 
     # -- teardown ----------------------------------------------------------------------
 
+    def detach(self) -> None:
+        """Let the lab outlive this process (``lbcore lab up``): no ``atexit`` teardown,
+        and :meth:`close` does nothing. The caller marks the lab kept (:mod:`.state`)."""
+        self._closed = True
+        atexit.unregister(self.close)
+
     def close(self) -> None:
         """Remove everything (idempotent): processes, cgroups, mounts, namespaces, files."""
         if self._closed:

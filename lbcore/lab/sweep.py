@@ -114,6 +114,8 @@ def _owner_alive(lab_id: str) -> bool:
             return False
     except (OSError, ValueError):
         return False
+    if pid_s == "kept":  # `lbcore lab up`: lives until `lbcore lab down`
+        return True
     return _alive(int(pid_s)) and _proc_starttime(int(pid_s)) == start
 
 
