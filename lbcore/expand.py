@@ -12,6 +12,13 @@ Follows kube-proxy (pkg/proxy: ServicePortInfo, EndpointSliceCache, CategorizeEn
   first address is used. An address:port in several slices counts once, ready first.
 * Ready endpoints are used; if none is ready, serving-and-terminating ones are (KEP-1669);
   not-serving ones never. The same fallback applies among node-local endpoints.
+* Topology-aware routing (kube-proxy's ``canUseTopology``): for a service with
+  ``trafficDistribution: PreferClose``/``PreferSameZone`` or the annotation
+  ``service.kubernetes.io/topology-mode: Auto`` (older: ``topology-aware-hints``), when
+  this node's zone is known (``node.zone``, else its Node object's zone label), every
+  ready endpoint carries zone hints and one hints this zone, the cluster-wide backends
+  are the ready endpoints hinted for this zone. Otherwise hints are ignored.
+  (Node hints of ``PreferSameNode`` are not read: such services use zone hints.)
 * ``backends`` (clients in the cluster): internalTrafficPolicy for ClusterIP frontends,
   all cluster endpoints for the others (kube-proxy's short-circuit of pod and host
   traffic). ``external_backends``: externalTrafficPolicy for NodePort, ExternalIP and
@@ -25,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from itertools import chain
 from typing import NamedTuple
 
@@ -48,6 +56,9 @@ from .model import (
 
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 HEADLESS_LABEL = "service.kubernetes.io/headless"
+TOPOLOGY_ANNOTATIONS = ("service.kubernetes.io/topology-mode",
+                        "service.kubernetes.io/topology-aware-hints")
+TOPOLOGY_DISTRIBUTIONS = frozenset({"PreferClose", "PreferSameZone", "PreferSameNode"})
 _SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}  # FQDN slices carry no addresses to balance to
 _TYPE_ORDER = {t: i for i, t in enumerate(FrontendType)}
 
@@ -86,6 +97,7 @@ class IncrementalExpander:
         self.service_proxy_name = service_proxy_name
         self.admit = admit
         self._node_ips: tuple[str, ...] | None = None
+        self._zone: str | None = None
         # Per service, only when non-empty; orders kept sorted, rebuilt when keys change.
         self._frontends: dict[ServiceKey, tuple[Frontend, ...]] = {}
         self._skipped: dict[ServiceKey, tuple[SkippedService, ...]] = {}
@@ -95,7 +107,9 @@ class IncrementalExpander:
     def expand(self, objects: ClusterObjects, changed: frozenset[ServiceKey] | None
                ) -> DesiredState:
         node_ips = node_addresses(objects, self.node)
-        full = changed is None or node_ips != self._node_ips
+        zone = node_zone(objects, self.node)
+        full = changed is None or node_ips != self._node_ips or zone != self._zone
+        self._zone = zone
         if full:
             self._frontends.clear()
             self._skipped.clear()
@@ -124,7 +138,8 @@ class IncrementalExpander:
 
     def _expand_one(self, service: Service, slices: Sequence[EndpointSlice]
                     ) -> tuple[tuple[Frontend, ...], tuple[SkippedService, ...]]:
-        frontends, skipped = expand_service(service, slices, self.node, self._node_ips or (),
+        node = self.node if self.node.zone == self._zone else replace(self.node, zone=self._zone)
+        frontends, skipped = expand_service(service, slices, node, self._node_ips or (),
                                             self.service_proxy_name)
         if self.admit is None:
             return frontends, skipped
@@ -191,6 +206,7 @@ class _Candidate(NamedTuple):
     terminating: bool
     node_name: str | None
     zone: str | None
+    zone_hints: tuple[str, ...] = ()
 
     @property
     def rank(self) -> int:
@@ -212,7 +228,7 @@ def candidates(slices: Iterable[EndpointSlice], port: ServicePort,
             continue
         for ep in eps.endpoints:
             c = _Candidate(ep.addresses[0], number, ep.ready, ep.serving, ep.terminating,
-                           ep.node_name, ep.zone)
+                           ep.node_name, ep.zone, ep.zone_hints)
             key = (c.ip, c.port)
             if key not in merged or c.rank > merged[key].rank:
                 merged[key] = c
@@ -226,6 +242,35 @@ def _backend_port(eps: EndpointSlice, port: ServicePort) -> int | None:
     if not eps.ports and isinstance(port.target_port, int):
         return port.target_port
     return None
+
+
+def wants_topology(service: Service) -> bool:
+    """Whether ``service`` asks for topology-aware routing (trafficDistribution or the
+    topology-mode annotation set to Auto)."""
+    if service.traffic_distribution in TOPOLOGY_DISTRIBUTIONS:
+        return True
+    for annotation in TOPOLOGY_ANNOTATIONS:
+        value = service.annotations.get(annotation)
+        if value is not None:
+            return value in ("Auto", "auto")
+    return False
+
+
+def by_topology(found: list[_Candidate], zone: str | None) -> list[_Candidate]:
+    """The candidates hinted for ``zone``, if hints can be used; else all of them."""
+    ready = [c for c in found if c.ready]
+    if zone is None or not ready or not all(c.zone_hints for c in ready):
+        return found
+    ours = [c for c in ready if zone in c.zone_hints]
+    return ours or found
+
+
+def node_zone(objects: ClusterObjects, node: NodeInfo) -> str | None:
+    """This node's zone: configured, else its Node object's topology label."""
+    if node.zone:
+        return node.zone
+    own = objects.nodes.get(node.name)
+    return own.zone if own is not None else None
 
 
 def usable(found: Sequence[_Candidate]) -> tuple[Backend, ...]:
@@ -250,10 +295,11 @@ class _ServiceExpansion:
         self.frontends: list[Frontend] = []
         self.skipped: list[SkippedService] = []
         families = tuple(ip_family(ip) for ip in service.cluster_ips)
+        topology = wants_topology(service)
         for port in service.ports:
             for family in families:
                 found = candidates(slices, port, family)
-                cluster = usable(found)
+                cluster = usable(by_topology(found, node.zone) if topology else found)
                 local = usable([c for c in found if c.node_name == node.name])
                 self._port(port, family, node_ips, cluster, local)
             self._foreign_families(port, families)

@@ -89,6 +89,7 @@ class Service:
     external_traffic_local: bool = False
     internal_traffic_local: bool = False
     external_name: str = ""
+    traffic_distribution: str = ""  # spec.trafficDistribution, e.g. PreferClose
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -123,6 +124,7 @@ class Endpoint:
     node_name: str | None = None
     zone: str | None = None
     hostname: str | None = None
+    zone_hints: tuple[str, ...] = ()  # hints.forZones: zones that should use this endpoint
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,13 @@ def _endpoint(path: str, entry: Mapping[str, Any], errs: Errors,
     if zone is not None:
         errs.check(f"{path}.zone", zone, rules.LABEL_VALUE)
 
+    hints = errs.mapping(entry, "hints", f"{path}.hints")
+    zone_hints = []
+    for hint_path, hint in errs.mappings(hints, "forZones", f"{path}.hints.forZones"):
+        name = errs.string(hint, "name", f"{hint_path}.name")
+        if errs.check(f"{hint_path}.name", name, rules.LABEL_VALUE) and name:
+            zone_hints.append(name)
+
     if not normalised:
         return None
     return Endpoint(
@@ -120,6 +127,7 @@ def _endpoint(path: str, entry: Mapping[str, Any], errs: Errors,
         node_name=node_name or None,
         zone=zone or None,
         hostname=hostname or None,
+        zone_hints=tuple(dict.fromkeys(zone_hints)),
     )
 
 

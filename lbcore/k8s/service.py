@@ -69,6 +69,7 @@ def service_from_object(
     source_ranges = _source_ranges(spec, errs, stype)
     lb_ips = _load_balancer_ingress(status, errs)
     external_name = _external_name(spec, errs, stype)
+    distribution = errs.optional_string(spec, "trafficDistribution", "spec.trafficDistribution")
 
     if errs:
         return None, list(errs)
@@ -85,6 +86,7 @@ def service_from_object(
         external_traffic_local=external_local,
         internal_traffic_local=internal_local,
         external_name=external_name,
+        traffic_distribution=distribution or "",
         labels=meta.labels,
         annotations=meta.annotations,
     )
