@@ -1,0 +1,1 @@
+"""The tc-eBPF NodePort driver: north-south load balancing without iptables."""
