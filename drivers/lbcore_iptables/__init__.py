@@ -1,0 +1,1 @@
+"""The iptables driver: kube-proxy's iptables mode, faithfully."""

@@ -1,0 +1,69 @@
+"""Delete stale UDP conntrack entries (kubernetes#48370), through pyroute2's netlink.
+
+A UDP "connection" to a frontend stays DNATed to the endpoint conntrack chose first for
+as long as the client keeps sending; once that endpoint leaves the service the client
+is black-holed. After a sync, entries whose original destination is a UDP frontend and
+whose reply comes from a removed endpoint are deleted, as are all entries of a UDP
+frontend that had no endpoints before (they hold the REJECT-era state).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable
+
+from .netns import in_netns
+
+log = logging.getLogger(__name__)
+
+# (frontend ip, port) -> endpoints removed, or None: every entry of the frontend
+Stale = dict[tuple[str, int], frozenset[tuple[str, int]] | None]
+
+
+def flush_stale_udp(netns_path: str | None, stale: Stale) -> int:
+    """Delete the stale entries in the namespace at ``netns_path`` (None: the current
+    one); returns how many were deleted."""
+    if not stale:
+        return 0
+    deleted = in_netns(netns_path, _flush, stale)
+    if deleted:
+        log.info("iptables: deleted %d stale UDP conntrack entries", deleted)
+    return deleted
+
+
+def _flush(stale: Stale) -> int:
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    deleted = 0
+    ct = Conntrack()
+    try:
+        for (ip, port), removed in stale.items():
+            wanted = NFCTAttrTuple(proto=socket.IPPROTO_UDP, daddr=ip, dport=port)
+            for entry in list(ct.dump_entries(tuple_orig=wanted)):
+                reply = entry.tuple_reply
+                if removed is not None and (reply.saddr, reply.sport) not in removed:
+                    continue
+                try:
+                    ct.entry("del", tuple_orig=entry.tuple_orig)
+                    deleted += 1
+                except Exception as exc:  # gone meanwhile: fine
+                    log.debug("conntrack: delete %s: %s", entry.tuple_orig, exc)
+    finally:
+        ct.close()
+    return deleted
+
+
+def stale_udp(before: dict[tuple[str, int], frozenset[tuple[str, int]]],
+              after: dict[tuple[str, int], frozenset[tuple[str, int]]],
+              frontends: Iterable[tuple[str, int]]) -> Stale:
+    """Pure: which entries of the UDP ``frontends`` went stale between two syncs."""
+    out: Stale = {}
+    for fe in frontends:
+        old, new = before.get(fe, frozenset()), after.get(fe, frozenset())
+        if fe in before and not old and new:
+            out[fe] = None
+        elif old - new:
+            out[fe] = old - new
+    return out

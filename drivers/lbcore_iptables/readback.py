@@ -1,0 +1,138 @@
+"""Read back: the live nat and filter tables -> the rows of ``lbcore services``.
+
+The legacy tables are read with python-iptables (``iptc``, libiptc in-process): in the
+driver's namespace this happens in a forked child that ``setns()``-es into it first
+(libiptc opens its socket in the caller's namespace), so the agent's own threads never
+change namespace. The nft flavour (which ``iptc`` cannot read) is read through
+``iptables-nft-save``. Either way the result is a :class:`Ruleset`, turned into
+``FrontendState`` rows by the pure :func:`frontends`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from lbcore.model import BackendState, FrontendAddress, FrontendState
+
+from .netns import in_netns
+from .ruleset import Rule, Ruleset, parse, parse_rule
+
+NAME = "iptables"
+TYPE_OF = {"cluster IP": "ClusterIP", "external IP": "ExternalIP",
+           "loadbalancer IP": "LoadBalancer", "nodePort": "NodePort"}
+
+
+def _cidr(text: str) -> tuple[bool, str | None]:
+    neg = text.startswith("!")
+    net = ipaddress.ip_network(text.lstrip("!"), strict=False)
+    return neg, None if net.prefixlen == 0 and not neg else str(net)
+
+
+def _from_iptc(chain: str, r: Any) -> Rule:
+    words: list[str] = []
+    for m in r.matches:
+        words += ["-m", m.name]
+        for key, values in m.get_all_parameters().items():
+            neg = bool(values) and values[0] == "!"
+            words += (["!"] if neg else []) + [f"--{key}", *values[1 if neg else 0:]]
+    target = r.target
+    words += ["-j", target.name]
+    for key, values in target.get_all_parameters().items():
+        words += [f"--{key}", *values]
+    rule = parse_rule(chain, words)
+    rule.src_neg, rule.src = _cidr(r.src)
+    _, rule.dst = _cidr(r.dst)
+    rule.proto = None if r.protocol in ("ip", "all") else r.protocol
+    return rule
+
+
+def read_iptc(tables: Iterable[str] = ("nat", "filter")) -> Ruleset:
+    """The given legacy tables through libiptc, in the current namespace."""
+    import iptc
+
+    rs = Ruleset()
+    for name in tables:
+        table = iptc.Table(name)
+        table.refresh()  # a fresh handle: this process may have just changed namespace
+        chains = rs.chains(name)
+        for chain in table.chains:
+            chains[chain.name] = [_from_iptc(chain.name, r) for r in chain.rules]
+    return rs
+
+
+def read_ruleset(netns_path: str | None, backend: str, save: Callable[[str], str]) -> Ruleset:
+    if backend == "nft":
+        return parse(save("nat") + save("filter"))
+    import iptc  # noqa: F401 - loaded before fork, so the child need not
+
+    return in_netns(netns_path, read_iptc)
+
+
+# ---------------------------------------------------------------- pure: rows
+
+
+def _endpoints(rs: Ruleset, chain: str, depth: int = 0) -> tuple[list[str], list[str]]:
+    """(ip:port of the endpoints ``chain`` can DNAT to, flags) following its jumps."""
+    rules = rs.chain("nat", chain)
+    if chain.startswith("KUBE-SEP-"):
+        return [r.to_destination for r in rules if r.to_destination], []
+    flags: list[str] = []
+    if chain.startswith("KUBE-EXT-") and any(r.target.startswith("KUBE-SVL-") for r in rules):
+        rules = [r for r in rules if r.target.startswith("KUBE-SVL-")]  # external view
+        flags.append("externalTrafficPolicy=Local")
+    if chain.startswith("KUBE-FW-"):
+        flags.append("sourceRanges=" + ",".join(r.src for r in rules if r.src))
+    seconds = {r.recent_seconds for r in rules if r.recent == "rcheck" and r.recent_seconds}
+    if seconds:
+        flags.append(f"affinity={min(seconds)}s")
+    out: list[str] = []
+    for r in rules:
+        if r.recent == "rcheck" or depth > 8 or not r.target.startswith("KUBE-"):
+            continue
+        if r.target in ("KUBE-MARK-MASQ", "KUBE-MARK-DROP"):
+            continue
+        eps, more = _endpoints(rs, r.target, depth + 1)
+        out += [e for e in eps if e not in out]
+        flags += [f for f in more if f not in flags]
+    return out, flags
+
+
+def _row(address: FrontendAddress, kind: str, service: str, eps: list[str],
+         flags: list[str]) -> FrontendState:
+    backends = tuple(sorted(BackendState(ip, int(port)) for ip, _, port in
+                            (e.rpartition(":") for e in eps)))
+    return FrontendState(0, address, kind, backends, service, tuple(flags))
+
+
+def frontends(rs: Ruleset) -> list[FrontendState]:
+    """Pure: the frontends a ruleset serves (or rejects), with their endpoints."""
+    rows: list[FrontendState] = []
+    node_ips = [r.dst.split("/")[0] for r in rs.chain("nat", "KUBE-SERVICES")
+                if r.target == "KUBE-NODEPORTS" and r.dst]
+    for r in rs.chain("nat", "KUBE-SERVICES"):
+        for suffix, kind in TYPE_OF.items():
+            if r.comment.endswith(" " + suffix) and r.dst and r.dport and r.proto:
+                eps, flags = _endpoints(rs, r.target)
+                if r.target.startswith("KUBE-SVL-"):
+                    flags.insert(0, "internalTrafficPolicy=Local")
+                addr = FrontendAddress(r.dst.split("/")[0], r.dport, r.proto.upper())
+                rows.append(_row(addr, kind, r.comment[: -len(suffix) - 1], eps, flags))
+    for r in rs.chain("nat", "KUBE-NODEPORTS"):
+        if r.dport and r.proto:
+            eps, flags = _endpoints(rs, r.target)
+            rows += [_row(FrontendAddress(ip, r.dport, r.proto.upper()), "NodePort",
+                          r.comment, eps, flags) for ip in node_ips]
+    for chain in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
+        for r in rs.chain("filter", chain):
+            sp, _, what = r.comment.partition(" ")
+            kind = TYPE_OF.get(what.removesuffix(" has no endpoints"))
+            if r.target != "REJECT" or kind is None or not (r.dport and r.proto):
+                continue
+            ips = node_ips if r.dst is None else [r.dst.split("/")[0]]
+            rows += [_row(FrontendAddress(ip, r.dport, r.proto.upper()), kind, sp, [],
+                          ["no endpoints: REJECT"]) for ip in ips]
+    rows.sort(key=lambda s: (s.address.ip, s.address.port, s.address.protocol, s.type))
+    return [FrontendState(i, s.address, s.type, s.backends, s.service, s.flags)
+            for i, s in enumerate(rows, start=1)]
