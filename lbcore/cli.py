@@ -325,10 +325,23 @@ def demo(ctx: click.Context, args: tuple[str, ...]) -> None:
     ctx.exit(demo_main(list(args)))
 
 
+@cli.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def bench(ctx: click.Context, args: tuple[str, ...]) -> None:
+    """A/B benchmark of datapaths on the lab, side by side (see --help)."""
+    from .bench import main as bench_main  # lazy: the other commands need no lab
+
+    ctx.exit(bench_main(list(args)))
+
+
 def _add_lab_commands() -> None:
     from .lab_cli import lab  # click only; the lab's own modules load per command
 
     cli.add_command(lab)
+    from .conformance.cli import conformance  # click only; the suite loads when it runs
+
+    cli.add_command(conformance)
 
 
 _add_lab_commands()

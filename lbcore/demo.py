@@ -205,9 +205,14 @@ def step_capture(w: Walkthrough, run: DriverRun, out: Reporter) -> None:
     backend_syns = {name: [p for p in cap.packets if p.syn]
                     for name, cap in caps.items() if name != "net"}
     pod_ips = {p.ipv4: p.name for p in w.servers}
+    # The requests ran one after the other: the i-th SYN any pod received (tcpdump
+    # timestamps) belongs to the i-th request, whatever its source after NAT.
+    arrivals = sorted((p.line.split()[0], name, p)
+                      for name, syns in backend_syns.items() for p in syns)
     for i, ((label, ip, port), pod) in enumerate(zip(targets, answers, strict=True)):
+        mine = {arrivals[i][1]: [arrivals[i][2]]} if i < len(arrivals) else {}
         obs = observe(label, (ip, port), pod, net_syns[i:i + 1], caps["net"].lines,
-                      backend_syns, pod_ips, PORT)
+                      mine, pod_ips, PORT)
         run.observations.append(obs.to_json())
         want = EXPECTED_MODE.get(run.driver)
         claim = {"socket": "SYN carries the backend pod IP:80, no service address on the wire",

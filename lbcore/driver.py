@@ -17,6 +17,18 @@ from .model import DesiredState, Frontend, FrontendState, FrontendType, NodeInfo
 
 ALL_FRONTEND_TYPES = frozenset(FrontendType)
 
+# The driver API version. A driver class declares the version it was written for
+# (``api_version``, inherited from ``Driver``); the core refuses to load a driver whose
+# version it does not support. Bump on an incompatible change to ``Driver``,
+# ``Capabilities`` or the model objects drivers receive; list kept versions here.
+DRIVER_API_VERSION = 1
+SUPPORTED_DRIVER_API_VERSIONS = frozenset({1})
+
+# Where the clients of a frontend may be: "pod" (a process in a pod on this node),
+# "host" (a process in the node's own network namespace, outside pods), "external"
+# (a packet arriving on a node device from outside the cluster).
+CLIENT_KINDS = frozenset({"pod", "host", "external"})
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -30,7 +42,24 @@ class Capabilities:
     external_traffic_local: bool = False
     internal_traffic_local: bool = True
     algorithms: frozenset[str] = frozenset({"random"})
+    # "all": NodePort frontends on every node's addresses (a socket-level datapath
+    # translates a connect() to any node); "local": only this node's own addresses
+    # (a per-packet datapath sees only packets addressed to this node; the other
+    # nodes' agents answer for theirs).
+    node_ports: str = "all"
     description: str = ""
+    # Which clients the datapath serves (see CLIENT_KINDS). None (drivers written before
+    # this field): inferred by ``served_clients`` from ``frontend_types``.
+    clients: frozenset[str] | None = None
+
+    def served_clients(self) -> frozenset[str]:
+        """``clients``, or when unset: pods for a driver that programs ClusterIPs (east-west),
+        outside traffic for one that programs only NodePort/ExternalIP/LoadBalancer."""
+        if self.clients is not None:
+            return self.clients
+        if FrontendType.CLUSTER_IP in self.frontend_types:
+            return frozenset({"pod"})
+        return frozenset({"external"})
 
     def unsupported(self, fe: Frontend) -> str | None:
         """Why this driver cannot program ``fe`` faithfully, or None."""
@@ -59,6 +88,7 @@ class Capabilities:
             "external_traffic_local": self.external_traffic_local,
             "internal_traffic_local": self.internal_traffic_local,
             "algorithms": sorted(self.algorithms),
+            "clients": sorted(self.served_clients()),
         }
 
 
@@ -96,6 +126,7 @@ class Driver(abc.ABC):
     """
 
     name: ClassVar[str]
+    api_version: ClassVar[int] = DRIVER_API_VERSION  # the driver API this class targets
 
     def __init__(self, options: Mapping[str, Any], node: NodeInfo) -> None:
         self.options = dict(options)

@@ -92,8 +92,10 @@ class IncrementalExpander:
     """
 
     def __init__(self, node: NodeInfo, service_proxy_name: str | None = None,
-                 admit: Callable[[Frontend], str | None] | None = None) -> None:
+                 admit: Callable[[Frontend], str | None] | None = None,
+                 *, local_node_ports: bool = False) -> None:
         self.node = node
+        self.local_node_ports = local_node_ports
         self.service_proxy_name = service_proxy_name
         self.admit = admit
         self._node_ips: tuple[str, ...] | None = None
@@ -106,7 +108,7 @@ class IncrementalExpander:
 
     def expand(self, objects: ClusterObjects, changed: frozenset[ServiceKey] | None
                ) -> DesiredState:
-        node_ips = node_addresses(objects, self.node)
+        node_ips = node_addresses(objects, self.node, local_only=self.local_node_ports)
         zone = node_zone(objects, self.node)
         full = changed is None or node_ips != self._node_ips or zone != self._zone
         self._zone = zone
@@ -153,11 +155,17 @@ class IncrementalExpander:
         return tuple(kept), tuple(refused)
 
 
-def node_addresses(objects: ClusterObjects, node: NodeInfo) -> tuple[str, ...]:
-    """Every address NodePort frontends open on, de-duplicated, in address order."""
+def node_addresses(objects: ClusterObjects, node: NodeInfo, *,
+                   local_only: bool = False) -> tuple[str, ...]:
+    """Every address NodePort frontends open on, de-duplicated, in address order.
+
+    ``local_only``: just this node's (its configured addresses and those of the Node
+    object of its name), for per-packet datapaths.
+    """
     addresses = set(node.addresses)
     for n in objects.nodes.values():
-        addresses.update(n.addresses)
+        if not local_only or n.name == node.name:
+            addresses.update(n.addresses)
     return tuple(sorted(addresses, key=_ip_order))
 
 

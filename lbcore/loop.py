@@ -62,6 +62,15 @@ def default_expand(
     return expand(objects, node, service_proxy_name=service_proxy_name)
 
 
+def expander_for(config: Config, caps: Capabilities, driver: str) -> IncrementalExpander:
+    """The expansion a driver with ``caps`` gets: unsupported frontends go to
+    ``skipped``; per-packet drivers get NodePorts on this node's addresses only."""
+    return IncrementalExpander(
+        config.node, config.service_proxy_name,
+        admit=lambda fe: _refusal(caps, driver, fe),
+        local_node_ports=caps.node_ports == "local")
+
+
 def _refusal(caps: Capabilities, driver: str, fe: Frontend) -> str | None:
     reason = caps.unsupported(fe)
     return None if reason is None else f"driver {driver}: {reason}"
@@ -142,10 +151,7 @@ class Agent:
         """
         if self._expand is default_expand:
             if self._expander is None:
-                caps, name = self.capabilities, self.driver.name
-                self._expander = IncrementalExpander(
-                    self.config.node, self.config.service_proxy_name,
-                    admit=lambda fe: _refusal(caps, name, fe))
+                self._expander = expander_for(self.config, self.capabilities, self.driver.name)
             state = self._expander.expand(objects, changed)
         else:
             state = self._expand(

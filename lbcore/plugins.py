@@ -25,7 +25,14 @@ from stevedore.exception import NoMatches
 from stevedore.extension import Extension
 
 from .config import Config
-from .driver import Capabilities, Driver, Problem, SyncResult
+from .driver import (
+    DRIVER_API_VERSION,
+    SUPPORTED_DRIVER_API_VERSIONS,
+    Capabilities,
+    Driver,
+    Problem,
+    SyncResult,
+)
 from .errors import DriverError, LBCoreError, PluginError
 from .model import DesiredState, FrontendState, ServiceKey
 from .sources.base import Source
@@ -160,7 +167,21 @@ def load_driver_class(registry: PluginRegistry, name: str) -> type[Driver]:
             f"{registry.namespace} plugin {name!r} is {cls!r}, not a subclass of "
             "lbcore.driver.Driver"
         )
+    check_api_version(name, cls)
     return cls
+
+
+def check_api_version(name: str, cls: type[Driver]) -> None:
+    """Refuse a driver written for a driver API this core does not support."""
+    version = getattr(cls, "api_version", None)
+    if version not in SUPPORTED_DRIVER_API_VERSIONS:
+        supported = ", ".join(map(str, sorted(SUPPORTED_DRIVER_API_VERSIONS)))
+        raise PluginError(
+            f"driver {name!r} ({cls.__module__}.{cls.__qualname__}) targets driver API "
+            f"version {version!r}, but this lbcore (driver API {DRIVER_API_VERSION}) "
+            f"supports {supported}; install a release of the plugin built for driver API "
+            f"{DRIVER_API_VERSION}, or an lbcore that supports version {version!r}"
+        )
 
 
 def create_driver(config: Config, registry: PluginRegistry | None = None) -> GuardedDriver:

@@ -93,6 +93,7 @@ class IptablesDriver(Driver):
             external_traffic_local=True,
             internal_traffic_local=True,
             algorithms=frozenset({"random"}),
+            node_ports="local",
             description="kube-proxy's iptables mode (nat KUBE-SERVICES/SVC/SEP chains, "
                         "statistic random, masquerade mark), iptables-restore per sync",
         )

@@ -74,6 +74,7 @@ class TcNodePortDriver(Driver):
             source_ranges=True,
             external_traffic_local=True,
             algorithms=frozenset({"random", "maglev"}),
+            node_ports="local",
             description="eBPF on tc (clsact) of node devices: NodePort, ExternalIP and "
                         "LoadBalancer with conntrack, SNAT or DSR, random or Maglev",
         )

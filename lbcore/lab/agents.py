@@ -112,13 +112,13 @@ def services_table(cluster: Cluster, agent: Agent) -> str:
 def expected_frontends(agent: Agent) -> set[tuple[str, int, str]]:
     """What the agent must end up holding: the core's plan for its node and driver."""
     from ..config import load_config  # lazy: core imports stay out of lbcore.lab
-    from ..loop import apply_capabilities, default_expand
+    from ..loop import expander_for
     from ..plugins import DRIVERS, PluginRegistry, create_source, load_driver_class
 
     config = load_config(agent.config)
     cls = load_driver_class(PluginRegistry(DRIVERS), config.driver)
-    state = default_expand(create_source(config).read(), config.node)
-    state = apply_capabilities(state, cls.capabilities(), config.driver)
+    expander = expander_for(config, cls.capabilities(), config.driver)
+    state = expander.expand(create_source(config).read(), None)
     return {(fe.ip, fe.port, fe.protocol) for fe in state.frontends}
 
 
