@@ -25,7 +25,8 @@ setup:
 test: setup
 	@[ "$$(id -u)" = 0 ] || { echo "make test: needs root (try: sudo make test)" >&2; exit 1; }
 	@rc=0; \
-	echo "==> pytest -q tests"; $(VENV)/bin/pytest -q tests || rc=$$?; \
+	echo "==> pytest -q tests plugins/*/tests"; \
+	$(VENV)/bin/pytest -q tests plugins/lbcore-nftables/tests || rc=$$?; \
 	echo "==> ruff check ."; $(VENV)/bin/ruff check . || rc=$$?; \
 	exit $$rc
 

@@ -18,7 +18,7 @@ VENV="$ROOT/.venv"
 STAMPS="$ROOT/.stamps"
 
 APT_PACKAGES=(
-    python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64
+    python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64 python3-nftables
     iproute2 iptables nginx-light wrk iperf3 dnsutils dnsmasq-base socat
     bpftool curl tcpdump conntrack procps kmod
 )
@@ -142,6 +142,10 @@ else
     "$VENV/bin/python" -m pip install -q -e '.[test]'
     echo "$VENV_KEY" >"$STAMPS/venv"
 fi
+# The nftables driver plugin (a separate distribution, as a third party would ship it).
+if ! "$VENV/bin/python" -c 'import lbcore_nftables' 2>/dev/null; then
+    "$VENV/bin/python" -m pip install -q --no-deps -e plugins/lbcore-nftables
+fi
 
 # --- 4. bcc in the venv -----------------------------------------------------------------
 # bcc is not on PyPI; Debian's python3-bpfcc is pure Python over libbcc.so. Link only the
@@ -158,9 +162,17 @@ else
     ln -sfn "$BCC_DIR" "$SITE/bcc"
     info "$SITE/bcc -> $BCC_DIR (created)"
 fi
+# The same for libnftables' binding (python3-nftables), used by plugins/lbcore-nftables.
+NFT_DIR="$(dirname "$(dpkg-query -L python3-nftables | grep -m 1 '/nftables/__init__\.py$')")"
+if [[ "$(readlink "$SITE/nftables" 2>/dev/null || true)" != "$NFT_DIR" ]]; then
+    [[ ! -e "$SITE/nftables" || -L "$SITE/nftables" ]] || die "$SITE/nftables is not a symlink"
+    ln -sfn "$NFT_DIR" "$SITE/nftables"
+    info "$SITE/nftables -> $NFT_DIR (created)"
+fi
 "$VENV/bin/python" - <<'EOF' || die "bcc is not importable from $VENV"
 import sys
 import bcc  # noqa: F401  (loads libbcc.so)
+import nftables  # noqa: F401  (libnftables)
 leak = [p for p in sys.path if "dist-packages" in p]
 if leak:
     sys.exit(f"Debian dist-packages on the venv's sys.path: {leak}")

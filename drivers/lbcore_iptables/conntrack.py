@@ -4,7 +4,8 @@ A UDP "connection" to a frontend stays DNATed to the endpoint conntrack chose fi
 as long as the client keeps sending; once that endpoint leaves the service the client
 is black-holed. After a sync, entries whose original destination is a UDP frontend and
 whose reply comes from a removed endpoint are deleted, as are all entries of a UDP
-frontend that had no endpoints before (they hold the REJECT-era state).
+frontend that had no endpoints before, or did not exist (a client that sent before the
+rules were in place holds an entry that was never DNATed and would keep it).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def stale_udp(before: dict[tuple[str, int], frozenset[tuple[str, int]]],
     out: Stale = {}
     for fe in frontends:
         old, new = before.get(fe, frozenset()), after.get(fe, frozenset())
-        if fe in before and not old and new:
+        # Newly active (no endpoints before, or no service at all: kube-proxy's
+        # NewlyActiveUDPServices): entries made meanwhile were never DNATed.
+        if not old and new:
             out[fe] = None
         elif old - new:
             out[fe] = old - new

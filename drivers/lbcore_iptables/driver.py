@@ -94,6 +94,7 @@ class IptablesDriver(Driver):
             internal_traffic_local=True,
             algorithms=frozenset({"random"}),
             node_ports="local",
+            clients=frozenset({"pod", "host", "external"}),  # PREROUTING and OUTPUT hooks
             description="kube-proxy's iptables mode (nat KUBE-SERVICES/SVC/SEP chains, "
                         "statistic random, masquerade mark), iptables-restore per sync",
         )

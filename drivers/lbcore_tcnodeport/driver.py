@@ -75,6 +75,7 @@ class TcNodePortDriver(Driver):
             external_traffic_local=True,
             algorithms=frozenset({"random", "maglev"}),
             node_ports="local",
+            clients=frozenset({"external"}),  # tc ingress of the node devices
             description="eBPF on tc (clsact) of node devices: NodePort, ExternalIP and "
                         "LoadBalancer with conntrack, SNAT or DSR, random or Maglev",
         )

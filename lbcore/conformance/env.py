@@ -28,6 +28,14 @@ from ..lab.controller import EndpointController, ServicePortSpec, ServiceSpec
 from .model import Failed
 
 T = TypeVar("T")
+OptionsFn = Callable[[Cluster, Any], dict[str, Any]]
+
+# Lab-specific driver_options of drivers that need more than "program the namespace you
+# run in" (socklb's are built into lbcore.lab.agents). Everything stays inside the lab.
+LAB_OPTIONS: dict[str, OptionsFn] = {
+    "tcnodeport": lambda cluster, node: {"devices": ["eth0"],
+                                         "bpffs_path": str(cluster.bpffs / node.name)},
+}
 HTTP_PORTS = (80, 8080, 8081, 5300)
 UDP_PORT = 5300
 EXTERNAL_IP = "172.18.0.200"
@@ -146,7 +154,11 @@ class ConformanceEnv:
             "external": Client("external", "ext", ext, self.lab.cgroup("ext"), EXTERNAL_IP),
         }
         self.controller.write()
-        self.agents = start_agents(cluster, [self.driver])
+        try:
+            self.agents = start_agents(cluster, [self.driver], options=LAB_OPTIONS)
+        except BaseException:
+            stop_agents(cluster)  # and `lbcore cleanup` on each node: nothing left behind
+            raise
 
     def close(self) -> list[str]:
         """Stop the agents and run the driver's cleanup; the lab is closed by its owner."""

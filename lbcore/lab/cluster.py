@@ -111,6 +111,11 @@ class Cluster:
                 if other is not node:
                     node.ns.add_route(other.pod_cidr4, via=other.ipv4)
                     node.ns.add_route(other.pod_cidr6, via=other.ipv6)
+            # Service CIDRs are routable out of a node, as through a kind node's default
+            # route: a packet to a ClusterIP with no endpoints reaches FORWARD, where a
+            # per-packet datapath rejects it (without the route, routing fails first).
+            node.ns.add_route(addr.SERVICE_NET4, dev="eth0")
+            node.ns.add_route(addr.SERVICE_NET6, dev="eth0")
         return cluster
 
     def _add_node(self, name: str, index: int) -> ClusterNode:

@@ -1,0 +1,124 @@
+"""The kernel side: libnftables (Debian's ``python3-nftables``) in this network namespace
+or in another one. Another namespace is entered by a forked child that ``setns()``-es,
+runs the call and pickles the result back, so the agent's own threads never move."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pickle
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from lbcore.errors import DriverError
+
+from . import naming as n
+
+NAME = "nftables"
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def in_netns(netns_path: str | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the network namespace at ``netns_path`` (None: here)."""
+    if netns_path is None:
+        return fn(*args)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: enter, compute, report, leave without running atexit hooks
+        status = 0
+        try:
+            os.close(rfd)
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns_path, os.O_RDONLY)
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {netns_path}")
+            payload = pickle.dumps(("ok", fn(*args)))
+        except BaseException as exc:
+            payload, status = pickle.dumps(("error", f"{type(exc).__name__}: {exc}")), 1
+        with os.fdopen(wfd, "wb") as out:
+            out.write(payload)
+        os._exit(status)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data) if data else ("error", "child died")
+    if kind != "ok":
+        raise DriverError(NAME, f"in network namespace {netns_path}: {value}")
+    return value
+
+
+def _nft() -> Any:
+    try:
+        import nftables
+    except ImportError as exc:
+        raise DriverError(NAME, "the Python module `nftables` is missing: apt-get install "
+                                "python3-nftables and link /usr/lib/python3/dist-packages/"
+                                "nftables into the venv (scripts/setup.sh does)") from exc
+    nft = nftables.Nftables()
+    nft.set_json_output(True)
+    nft.set_handle_output(False)
+    return nft
+
+
+def _run(doc: dict[str, Any]) -> None:
+    rc, _out, err = _nft().json_cmd(doc)
+    if rc != 0:
+        raise RuntimeError(f"libnftables rejected the transaction: {err.strip()}")
+
+
+def _list() -> list[dict[str, Any]]:
+    rc, out, err = _nft().cmd(f"list table {n.FAMILY} {n.TABLE}")
+    if rc != 0:
+        if "No such file or directory" in err:
+            return []
+        raise RuntimeError(f"nft list table {n.FAMILY} {n.TABLE}: {err.strip()}")
+    return json.loads(out)["nftables"]
+
+
+def apply(netns_path: str | None, doc: dict[str, Any]) -> None:
+    """Run one JSON transaction (all or nothing)."""
+    try:
+        in_netns(netns_path, _run, doc)
+    except RuntimeError as exc:
+        raise DriverError(NAME, str(exc)) from exc
+
+
+def list_table(netns_path: str | None) -> list[dict[str, Any]]:
+    """``nft -j list table ip lbcore`` as objects; [] when the table does not exist."""
+    try:
+        return in_netns(netns_path, _list)
+    except RuntimeError as exc:
+        raise DriverError(NAME, str(exc)) from exc
+
+
+def _flush_udp(stale: list[tuple[str, int, tuple[str, int] | None]]) -> int:
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    deleted, ct = 0, Conntrack()
+    try:
+        for ip, port, gone in stale:
+            wanted = NFCTAttrTuple(proto=socket.IPPROTO_UDP, daddr=ip, dport=port)
+            for entry in list(ct.dump_entries(tuple_orig=wanted)):
+                if gone is not None and (entry.tuple_reply.saddr, entry.tuple_reply.sport) != gone:
+                    continue
+                try:
+                    ct.entry("del", tuple_orig=entry.tuple_orig)
+                    deleted += 1
+                except Exception:  # gone meanwhile
+                    pass
+    finally:
+        ct.close()
+    return deleted
+
+
+def flush_udp_conntrack(netns_path: str | None,
+                        stale: Iterable[tuple[str, int, tuple[str, int] | None]]) -> int:
+    """Delete UDP conntrack entries to (frontend ip, port) whose reply comes from a removed
+    endpoint (or all of them when the endpoint is None); returns how many."""
+    stale = list(stale)
+    return in_netns(netns_path, _flush_udp, stale) if stale else 0
