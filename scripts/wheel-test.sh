@@ -78,6 +78,23 @@ drivers = {ep.name for ep in md.entry_points(group="lbcore.drivers")}
 sources = {ep.name for ep in md.entry_points(group="lbcore.sources")}
 check("socklb" in drivers, "entry point lbcore.drivers: socklb", ", ".join(sorted(drivers)))
 check("file" in sources, "entry point lbcore.sources: file", ", ".join(sorted(sources)))
+# Every built-in entry point loads from the wheel (a package missing from
+# pyproject's list would fail here, not on a user's machine).
+for group in ("lbcore.drivers", "lbcore.sources"):
+    for ep in md.entry_points(group=group):
+        if ep.dist is not None and ep.dist.name == "lbcore":
+            try:
+                ep.load()
+                check(True, f"{group}: {ep.name} loads")
+            except Exception as e:
+                check(False, f"{group}: {ep.name} loads", repr(e))
+for module in ("lbcore.cli", "lbcore.demo", "lbcore.bench", "lbcore.conformance.cli",
+               "lbcore.lab_cli"):
+    try:
+        importlib.import_module(module)
+        check(True, f"{module} imports")
+    except Exception as e:
+        check(False, f"{module} imports", repr(e))
 
 top = {f.parts[0] for f in (dist.files or []) if not str(f).startswith("..")}
 for bad in ("drivers", "plugins", "bpf"):
