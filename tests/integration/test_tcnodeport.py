@@ -122,7 +122,8 @@ def test_iperf3_100mb_through_nodeport_is_intact(env, mode):
                 timeout=25)
     assert r.returncode == 0, r.stdout[-2000:]
     end = json.loads(r.stdout)["end"]
-    assert end["sum_sent"]["bytes"] == 100 * 1024 * 1024
+    # -n is met in whole send buffers: iperf3 may overshoot by one (~128 KiB).
+    assert 100 * 1024 * 1024 <= end["sum_sent"]["bytes"] <= 101 * 1024 * 1024
     # The server's report closes on its last interval: it may miss the final ~1 %.
     assert end["sum_received"]["bytes"] >= 0.95 * 100 * 1024 * 1024
     assert end["sum_sent"]["retransmits"] < 1000
