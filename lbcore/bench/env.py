@@ -94,6 +94,10 @@ class BenchCluster:
     @classmethod
     def build(cls, lab: NetLab, nginx_workers: int = 1) -> BenchCluster:
         cluster = Cluster.create(lab, 2)  # control-plane, worker
+        for node in cluster.nodes.values():
+            # Netfilter as on any real node, for every path alike: the legacy nat table
+            # (and so conntrack) exists from the start, not only once iptables has run.
+            node.ns.run(["iptables-legacy", "-t", "nat", "-L", "-n"], check=True)
         backends = []
         for i in range(2):
             pod = cluster.add_pod(f"web-{i}", "worker", {"app": "web", "bk": f"web-{i}"})
@@ -123,9 +127,11 @@ class BenchCluster:
         return bench
 
     def set_probe(self, backend: str) -> ServiceSpec:
+        """The probe Service selects ``backend`` (its ClusterIP is kept)."""
+        old = self.services.get("probe")
         svc = self.cluster.controller.add_service(ServiceSpec("probe", {"bk": backend}, (
-            ServicePortSpec(80, 80, node_port=PROBE_NODE_PORT),), type="NodePort"),
-            dual_stack=False)
+            ServicePortSpec(80, 80, node_port=PROBE_NODE_PORT),), type="NodePort",
+            cluster_ips=old.cluster_ips if old else ()), dual_stack=False)
         self.services["probe"] = svc
         return svc
 

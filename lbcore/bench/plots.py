@@ -60,10 +60,15 @@ def vs_services(summ: dict[str, Any], out: Path) -> list[str]:
             ax.set_title(label, fontsize=10)
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
-        axes[0].legend()
+        legend: dict[str, Any] = {}
+        for ax in axes:
+            for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                legend.setdefault(label, h)
+        if legend:
+            axes[0].legend(list(legend.values()), list(legend))
         name = "east-west (pod → ClusterIP)" if direction == "ew" else \
             "north-south (outside → NodePort)"
-        fig.suptitle(f"{name}: median of reps, bars = min–max")
+        fig.suptitle(f"{name}: median of reps, bars = min-max")
         fig.tight_layout()
         path = out / f"bench-{direction}-vs-services.png"
         fig.savefig(path, dpi=90)

@@ -58,7 +58,7 @@ def fmt(s: dict[str, Any], digits: int = 0, scale: float = 1.0) -> str:
     if s is None or s.get("median") is None:
         return "-"
     f = f"{{:,.{digits}f}}"
-    return (f"{f.format(s['median'] * scale)} [{f.format(s['min'] * scale)}–"
+    return (f"{f.format(s['median'] * scale)} [{f.format(s['min'] * scale)}-"
             f"{f.format(s['max'] * scale)}]")
 
 
@@ -73,7 +73,7 @@ def table_rows(summ: dict[str, Any]) -> list[list[str]]:
         key, unit = HEADLINE[kind]
         lat = (f"{r['p50_ms']['median']:.2f} / {r['p99_ms']['median']:.2f} / "
                f"{r['p999_ms']['median']:.2f}" if kind == "rr" else "")
-        ratio = "" if r["path"] == "direct" or r.get("ratio") is None else f"{r['ratio']:.2f}×"
+        ratio = "" if r["path"] == "direct" or r.get("ratio") is None else f"{r['ratio']:.2f}x"
         errs = r.get("errors", {}).get("median")
         rows.append([f"{r['count']:,}", r["scenario"], r["path"],
                      f"{fmt(r[key], _digits(kind))} {unit}", ratio, lat,
@@ -81,7 +81,7 @@ def table_rows(summ: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-HEADERS = ["services", "scenario", "path", "median [min–max]", "÷ direct",
+HEADERS = ["services", "scenario", "path", "median [min-max]", "÷ direct",
            "p50 / p99 / p99.9 ms", "errors"]
 CONTROL_HEADERS = ["services", "driver", "bulk change → programmed (s)",
                    "one endpoint change → programmed (s)", "agent start → healthy (s)",
@@ -99,7 +99,7 @@ def rich_tables(summ: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
     out = []
-    for title, headers, rows in (("data path (median of reps [min–max])", HEADERS,
+    for title, headers, rows in (("data path (median of reps [min-max])", HEADERS,
                                   table_rows(summ)),
                                  ("control plane", CONTROL_HEADERS, control_rows(summ))):
         t = Table(title=title)
@@ -130,7 +130,7 @@ def markdown(results: dict[str, Any], summ: dict[str, Any], plots: list[str]) ->
         f"Repetitions: {s['reps']} (drivers interleaved), {s['duration']} s per wrk run, "
         f"{s['tput_duration']} s per iperf3 run, wrk -t{s['threads']} -c{s['connections']}.",
         "",
-        "## Data path (median of repetitions [min–max]; ratio = median ÷ direct median)",
+        "## Data path (median of repetitions [min-max]; ratio = median ÷ direct median)",
         "",
         _md_table(HEADERS, table_rows(summ)),
         "",

@@ -45,7 +45,12 @@ class Document:
         return f"document {self.index}" + ("" if self.item is None else f" items[{self.item}]")
 
 
-class _StrictLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it (the wheels do): ~10x faster on a 10,000-service
+# file; the constructor (and so the duplicate-key check below) stays the Python one.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_SafeLoader):  # type: ignore[misc, valid-type]
     """SafeLoader that rejects a mapping key given twice (as sigs.k8s.io/yaml does)."""
 
 
