@@ -14,7 +14,7 @@ import logging
 import socket
 from collections.abc import Iterable
 
-from .netns import in_netns
+from lbcore.netns import in_netns
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def flush_stale_udp(netns_path: str | None, stale: Stale) -> int:
     one); returns how many were deleted."""
     if not stale:
         return 0
-    deleted = in_netns(netns_path, _flush, stale)
+    deleted = in_netns("iptables", netns_path, _flush, stale)
     if deleted:
         log.info("iptables: deleted %d stale UDP conntrack entries", deleted)
     return deleted

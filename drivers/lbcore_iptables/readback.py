@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from lbcore.model import BackendState, FrontendAddress, FrontendState
+from lbcore.netns import in_netns
 
-from .netns import in_netns
 from .ruleset import Rule, Ruleset, parse, parse_rule
 
 NAME = "iptables"
@@ -67,7 +67,7 @@ def read_ruleset(netns_path: str | None, backend: str, save: Callable[[str], str
         return parse(save("nat") + save("filter"))
     import iptc  # noqa: F401 - loaded before fork, so the child need not
 
-    return in_netns(netns_path, read_iptc)
+    return in_netns("iptables", netns_path, read_iptc)
 
 
 # ---------------------------------------------------------------- pure: rows

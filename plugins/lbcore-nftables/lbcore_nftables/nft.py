@@ -4,51 +4,17 @@ runs the call and pickles the result back, so the agent's own threads never move
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import pickle
 import socket
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 from lbcore.errors import DriverError
+from lbcore.netns import in_netns
 
 from . import naming as n
 
 NAME = "nftables"
-CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
-
-
-def in_netns(netns_path: str | None, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in the network namespace at ``netns_path`` (None: here)."""
-    if netns_path is None:
-        return fn(*args)
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: enter, compute, report, leave without running atexit hooks
-        status = 0
-        try:
-            os.close(rfd)
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(netns_path, os.O_RDONLY)
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {netns_path}")
-            payload = pickle.dumps(("ok", fn(*args)))
-        except BaseException as exc:
-            payload, status = pickle.dumps(("error", f"{type(exc).__name__}: {exc}")), 1
-        with os.fdopen(wfd, "wb") as out:
-            out.write(payload)
-        os._exit(status)
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data) if data else ("error", "child died")
-    if kind != "ok":
-        raise DriverError(NAME, f"in network namespace {netns_path}: {value}")
-    return value
 
 
 def _nft() -> Any:
@@ -82,7 +48,7 @@ def _list() -> list[dict[str, Any]]:
 def apply(netns_path: str | None, doc: dict[str, Any]) -> None:
     """Run one JSON transaction (all or nothing)."""
     try:
-        in_netns(netns_path, _run, doc)
+        in_netns(NAME, netns_path, _run, doc)
     except RuntimeError as exc:
         raise DriverError(NAME, str(exc)) from exc
 
@@ -90,7 +56,7 @@ def apply(netns_path: str | None, doc: dict[str, Any]) -> None:
 def list_table(netns_path: str | None) -> list[dict[str, Any]]:
     """``nft -j list table ip lbcore`` as objects; [] when the table does not exist."""
     try:
-        return in_netns(netns_path, _list)
+        return in_netns(NAME, netns_path, _list)
     except RuntimeError as exc:
         raise DriverError(NAME, str(exc)) from exc
 
@@ -121,4 +87,4 @@ def flush_udp_conntrack(netns_path: str | None,
     """Delete UDP conntrack entries to (frontend ip, port) whose reply comes from a removed
     endpoint (or all of them when the endpoint is None); returns how many."""
     stale = list(stale)
-    return in_netns(netns_path, _flush_udp, stale) if stale else 0
+    return in_netns(NAME, netns_path, _flush_udp, stale) if stale else 0

@@ -1,7 +1,8 @@
 """Run a function in another network namespace: a forked child ``setns()``-es, runs it
-and pickles the result back. The parent (the agent, with its threads) never changes
-namespace. The child leaves with ``os._exit``: no atexit hooks (a test lab's teardown
-among them) run in it. Libraries that fork helpers of their own to reach a namespace
+and pickles the result back; drivers with a ``netns`` option (iptables, the nftables
+plugin) share it. The parent (the agent, with its threads) never changes namespace.
+The child leaves with ``os._exit``: no atexit hooks (a test lab's teardown among them)
+run in it. Libraries that fork helpers of their own to reach a namespace
 (pyroute2's ``netns=``) end those with a normal exit, which runs the parent's atexit
 hooks in the child; that is why this module exists.
 """
@@ -14,16 +15,16 @@ import pickle
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from lbcore.errors import DriverError
+from .errors import DriverError
 
-NAME = "iptables"
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 
-def in_netns(netns_path: str | None, fn: Callable[..., T], *args: Any) -> T:
+def in_netns(driver: str, netns_path: str | None, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in network namespace ``netns_path`` (a forked child); its result
-    comes back pickled. ``None``: here, in-process."""
+    comes back pickled. ``None``: here, in-process. Failures raise ``DriverError``
+    naming ``driver``."""
     if netns_path is None:
         return fn(*args)
     rfd, wfd = os.pipe()
@@ -48,5 +49,5 @@ def in_netns(netns_path: str | None, fn: Callable[..., T], *args: Any) -> T:
     os.waitpid(pid, 0)
     kind, value = pickle.loads(data) if data else ("error", "reader died")
     if kind != "ok":
-        raise DriverError(NAME, f"in network namespace {netns_path}: {value}")
+        raise DriverError(driver, f"in network namespace {netns_path}: {value}")
     return value
