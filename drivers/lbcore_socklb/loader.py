@@ -8,15 +8,13 @@ stacks a duplicate. A foreign program on a hook is never replaced.
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from lbcore import ebpf
 from lbcore.errors import DriverError
-from lbcore.memory import release_free_memory
 
 from . import bpfsys
 
@@ -45,30 +43,9 @@ HOOKS = (
 )
 
 
-def bpf_source() -> Path:
-    """sock.c from the installed package (works from a wheel, not only a checkout)."""
-    return Path(str(importlib.resources.files("lbcore_bpf").joinpath("sock.c")))
-
-
-def cflags(pin_dir: str, sizes: Mapping[str, int]) -> list[str]:
-    include = bpf_source().parent / "include"
-    flags = [f"-I{include}", f'-DLBCORE_PIN_DIR="{pin_dir}"']
-    flags += [f"-D{macro}={value}" for macro, value in sorted(sizes.items())]
-    return flags
-
-
 def compile_program(pin_dir: str, sizes: Mapping[str, int]) -> Any:
-    """Compile and load sock.c; its maps open (or create and pin) under ``pin_dir``."""
-    try:
-        from bcc import BPF
-    except ImportError as exc:
-        raise DriverError(DRIVER, f"bcc is not importable ({exc}); run `make setup`") from None
-    try:
-        bpf = BPF(src_file=str(bpf_source()).encode(), cflags=cflags(pin_dir, sizes))
-    except Exception as exc:
-        raise DriverError(DRIVER, f"compiling {bpf_source()} failed: {exc}") from exc
-    release_free_memory()  # clang's freed heap: ~40 MB of a long-running agent's RSS
-    return bpf
+    """Compile and load sock.c; its maps open (or are created and pinned) in ``pin_dir``."""
+    return ebpf.compile_program(DRIVER, "sock.c", pin_dir, sizes)
 
 
 def _attach_type(hook: Hook) -> int:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.resources
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
+from lbcore import ebpf
 from lbcore.errors import DriverError
-from lbcore.memory import release_free_memory
 
 DRIVER = "tcnodeport"
 PROG_PREFIX = "lbn_"
@@ -29,30 +27,9 @@ FILTER_PRIO = 0xC0DE & 0x7FFF  # our filters' priority on every hook
 FILTER_HANDLE = 0x1B
 
 
-def bpf_source() -> Path:
-    """nodeport.c from the installed package (works from a wheel, not only a checkout)."""
-    return Path(str(importlib.resources.files("lbcore_bpf").joinpath("nodeport.c")))
-
-
-def cflags(pin_dir: str, macros: Mapping[str, int]) -> list[str]:
-    include = bpf_source().parent / "include"
-    flags = [f"-I{include}", f'-DLBCORE_PIN_DIR="{pin_dir}"']
-    flags += [f"-D{macro}={value}" for macro, value in sorted(macros.items())]
-    return flags
-
-
 def compile_program(pin_dir: str, macros: Mapping[str, int]) -> Any:
     """Compile and load nodeport.c; its maps open (or are created and pinned) in pin_dir."""
-    try:
-        from bcc import BPF
-    except ImportError as exc:
-        raise DriverError(DRIVER, f"bcc is not importable ({exc}); run `make setup`") from None
-    try:
-        bpf = BPF(src_file=str(bpf_source()).encode(), cflags=cflags(pin_dir, macros))
-    except Exception as exc:
-        raise DriverError(DRIVER, f"compiling {bpf_source()} failed: {exc}") from exc
-    release_free_memory()
-    return bpf
+    return ebpf.compile_program(DRIVER, "nodeport.c", pin_dir, macros)
 
 
 def load_functions(bpf: Any) -> dict[str, Any]:
