@@ -153,7 +153,7 @@ class SockLBDriver(Driver):
         path = os.path.realpath(self.opts.cgroup_path)
         if not os.path.isfile(os.path.join(path, "cgroup.procs")):
             raise DriverError(NAME, f"cgroup_path {path} is not a cgroup directory")
-        mount = _cgroup2_mount_of(path)
+        mount = loader.mount_of(path, "cgroup2")
         if mount is None:
             raise DriverError(NAME, f"cgroup_path {path} is not on a cgroup v2 filesystem")
         if os.path.realpath(mount) == path:
@@ -382,19 +382,6 @@ def frontend_states(image: MapImage) -> list[FrontendState]:
         rows.append(FrontendState(entry.rev_nat_id, entry.frontend, entry.type.value, backends,
                                   flags=flags))
     return sorted(rows, key=lambda r: r.id)
-
-
-def _cgroup2_mount_of(path: str) -> str | None:
-    best: tuple[str, str] | None = None
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            fields = line.split()
-            mount_point, fstype = fields[4], fields[fields.index("-") + 1]
-            if (path == mount_point or path.startswith(mount_point.rstrip("/") + "/")) and (
-                best is None or len(mount_point) >= len(best[0])
-            ):
-                best = (mount_point, fstype)
-    return best[0] if best and best[1] == "cgroup2" else None
 
 
 __all__ = ["FrontendType", "SockLBDriver", "SockLBOptions"]

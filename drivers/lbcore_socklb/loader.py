@@ -116,20 +116,25 @@ def detach_all(cgroup_path: str) -> int:
     return detached
 
 
-def bpffs_mount_of(path: str) -> str | None:
-    """The bpffs mount point holding ``path``, or None if it is not on a bpffs."""
+def mount_of(path: str, fstype: str) -> str | None:
+    """The mount point holding ``path`` if it is a ``fstype`` filesystem, else None."""
     target = os.path.realpath(path)
     best = None
     with open("/proc/self/mountinfo") as mountinfo:
         for line in mountinfo:
             fields = line.split()
             mount_point = fields[4].encode().decode("unicode_escape")
-            fstype = fields[fields.index("-") + 1]
+            kind = fields[fields.index("-") + 1]
             if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and (
                 best is None or len(mount_point) >= len(best[0])
             ):
-                best = (mount_point, fstype)
-    return best[0] if best and best[1] == "bpf" else None
+                best = (mount_point, kind)
+    return best[0] if best and best[1] == fstype else None
+
+
+def bpffs_mount_of(path: str) -> str | None:
+    """The bpffs mount point holding ``path``, or None if it is not on a bpffs."""
+    return mount_of(path, "bpf")
 
 
 def unpin_maps(pin_dir: str) -> list[str]:
