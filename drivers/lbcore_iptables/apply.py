@@ -1,7 +1,8 @@
 """Apply: ``iptables-restore --noflush`` in the driver's network namespace.
 
 Everything here touches the kernel, through the iptables tools of one flavour
-(``legacy``, the default, or ``nft``), run in the configured namespace with
+(``legacy``, the default, or ``nft``) and one IP family (``iptables-*`` for IPv4,
+``ip6tables-*`` for IPv6), run in the configured namespace with
 ``nsenter --net=…`` (no namespace: the current one, as a DaemonSet runs). One sync is
 one restore: the kernel replaces each table atomically at its ``COMMIT``, so a failed
 restore leaves the rules of the previous sync in place.
@@ -28,14 +29,18 @@ BACKENDS = ("legacy", "nft")
 
 
 class Iptables:
-    """The iptables tools of one flavour, in one network namespace (``netns_path``)."""
+    """The iptables tools of one flavour and IP ``family`` (4 or 6), in one network
+    namespace (``netns_path``)."""
 
-    def __init__(self, netns_path: str | None, backend: str = "legacy") -> None:
+    def __init__(self, netns_path: str | None, backend: str = "legacy", family: int = 4
+                 ) -> None:
         self.netns_path = netns_path
         self.backend = backend
+        self.family = family
 
     def tool(self, name: str) -> str:
-        return f"iptables-{self.backend}{'-' + name if name else ''}"
+        base = "ip6tables" if self.family == 6 else "iptables"
+        return f"{base}-{self.backend}{'-' + name if name else ''}"
 
     def command(self, name: str, *args: str) -> list[str]:
         prefix = ["nsenter", f"--net={self.netns_path}", "--"] if self.netns_path else []
@@ -60,6 +65,8 @@ class Iptables:
     def restore(self, text: str) -> None:
         """One ``iptables-restore --noflush``; on failure log the offending lines and
         raise ``DriverError`` (the kernel keeps the previous rules)."""
+        if not text:
+            return
         r = self._run(self.command("restore", "--noflush", "-w", "5"), stdin=text)
         if r.returncode == 0:
             return

@@ -48,13 +48,14 @@ def _from_iptc(chain: str, r: Any) -> Rule:
     return rule
 
 
-def read_iptc(tables: Iterable[str] = ("nat", "filter")) -> Ruleset:
-    """The given legacy tables through libiptc, in the current namespace."""
+def read_iptc(tables: Iterable[str] = ("nat", "filter"), family: int = 4) -> Ruleset:
+    """The given legacy tables of ``family`` through libiptc (libip6tc for 6), in the
+    current namespace."""
     import iptc
 
     rs = Ruleset()
     for name in tables:
-        table = iptc.Table(name)
+        table = iptc.Table6(name) if family == 6 else iptc.Table(name)
         table.refresh()  # a fresh handle: this process may have just changed namespace
         chains = rs.chains(name)
         for chain in table.chains:
@@ -62,12 +63,15 @@ def read_iptc(tables: Iterable[str] = ("nat", "filter")) -> Ruleset:
     return rs
 
 
-def read_ruleset(netns_path: str | None, backend: str, save: Callable[[str], str]) -> Ruleset:
+def read_ruleset(netns_path: str | None, backend: str, save: Callable[[str], str],
+                 family: int = 4) -> Ruleset:
+    """The live nat and filter tables of ``family``; ``save(table)`` is the family's
+    ``iptables-save`` (used for the nft flavour)."""
     if backend == "nft":
         return parse(save("nat") + save("filter"))
     import iptc  # noqa: F401 - loaded before fork, so the child need not
 
-    return in_netns("iptables", netns_path, read_iptc)
+    return in_netns("iptables", netns_path, read_iptc, ("nat", "filter"), family)
 
 
 # ---------------------------------------------------------------- pure: rows
@@ -101,7 +105,7 @@ def _endpoints(rs: Ruleset, chain: str, depth: int = 0) -> tuple[list[str], list
 
 def _row(address: FrontendAddress, kind: str, service: str, eps: list[str],
          flags: list[str]) -> FrontendState:
-    backends = tuple(sorted(BackendState(ip, int(port)) for ip, _, port in
+    backends = tuple(sorted(BackendState(ip.strip("[]"), int(port)) for ip, _, port in
                             (e.rpartition(":") for e in eps)))
     return FrontendState(0, address, kind, backends, service, tuple(flags))
 
