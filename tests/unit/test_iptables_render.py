@@ -161,5 +161,5 @@ def test_cluster_cidr_per_family(value, expected) -> None:
 
 @pytest.mark.parametrize("value", ["10.0.0.0/8,10.1.0.0/16", "nonsense", 7])
 def test_bad_cluster_cidr_is_refused_with_the_field(value) -> None:
-    with pytest.raises(ConfigError, match="driver_options.cluster_cidr"):
+    with pytest.raises(ConfigError, match=r"driver_options\.cluster_cidr"):
         IptablesOptions.parse({"cluster_cidr": value})

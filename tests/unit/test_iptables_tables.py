@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+import pytest
+
 from lbcore.expand import IncrementalExpander
 from lbcore.model import ClusterObjects, NodeInfo
 from lbcore.testing import cluster, endpoint_slice, service
@@ -110,10 +112,8 @@ def test_a_failed_restore_forgets_the_kernel_and_the_next_sync_is_full() -> None
 
     ipt.restore = fail  # type: ignore[method-assign]
     key = next(iter(objs.services))
-    try:
+    with pytest.raises(RuntimeError):
         tables.sync(exp.expand(objects(2, extra="10.9.9.9"), frozenset({key})), frozenset({key}))
-    except RuntimeError:
-        pass
     del ipt.restore
     saves = ipt.saves
     result = tables.sync(exp.expand(objects(2, extra="10.9.9.9"), frozenset({key})),
