@@ -25,7 +25,25 @@ from .render import HOOKS, TOP_FILTER, TOP_NAT
 log = logging.getLogger(__name__)
 NAME = "iptables"
 FAILED_LINE = re.compile(r"line:?\s*(\d+)", re.IGNORECASE)
+QUOTED = re.compile(r"[`']([A-Za-z0-9_-]+)'")  # Couldn't load target `X' / Chain 'X' ...
 BACKENDS = ("legacy", "nft")
+
+
+def offending_lines(text: str, stderr: str, most: int = 3) -> list[str]:
+    """The input lines an iptables-restore error points at: the line it names and, when
+    that is only the ``COMMIT`` (nft checks jumps when it commits), the lines using the
+    chain or target the message names (``Chain 'X' does not exist``)."""
+    lines = text.splitlines()
+    out = []
+    for m in FAILED_LINE.finditer(stderr):
+        n = int(m.group(1))
+        if 1 <= n <= len(lines):
+            out.append(f"line {n}: {lines[n - 1]}")
+    for name in dict.fromkeys(QUOTED.findall(stderr)):
+        users = [f"line {i}: {ln}" for i, ln in enumerate(lines, 1)
+                 if name in ln.split() and f"line {i}: {ln}" not in out]
+        out += users[:most]
+    return out
 
 
 class Iptables:
@@ -63,24 +81,21 @@ class Iptables:
     # -- writing ------------------------------------------------------------------
 
     def restore(self, text: str) -> None:
-        """One ``iptables-restore --noflush``; on failure log the offending lines and
-        raise ``DriverError`` (the kernel keeps the previous rules)."""
+        """One ``iptables-restore --noflush``; on failure log the tool's error and the
+        offending input lines, and raise ``DriverError`` (the kernel keeps the previous
+        rules: each table is committed as a unit)."""
         if not text:
             return
         r = self._run(self.command("restore", "--noflush", "-w", "5"), stdin=text)
         if r.returncode == 0:
             return
-        lines = text.splitlines()
-        offending = []
-        for m in FAILED_LINE.finditer(r.stderr):
-            n = int(m.group(1))
-            if 1 <= n <= len(lines):
-                offending.append(f"line {n}: {lines[n - 1]}")
+        errors = [ln for ln in r.stderr.strip().splitlines() if ln and not ln.startswith("Try")]
+        log.error("iptables: %s failed: %s", self.tool("restore"), " / ".join(errors))
+        offending = offending_lines(text, r.stderr)
         for line in offending:
             log.error("iptables: restore rejected %s", line)
-        detail = r.stderr.strip().splitlines()[-3:]
         raise DriverError(NAME, f"{self.tool('restore')} failed (exit {r.returncode}): "
-                          + " / ".join(detail)
+                          + " / ".join(errors[-2:])
                           + (f"; offending input: {'; '.join(offending)}" if offending else "")
                           + "; the previous rules are still in place, the next sync is full")
 

@@ -157,7 +157,12 @@ class IptablesDriver(Driver):
             return self._sync(state, changed)
 
     def _sync(self, state: DesiredState, changed: frozenset[ServiceKey] | None) -> SyncResult:
-        results = {family: ft.sync(state, changed) for family, ft in self.tables.items()}
+        try:
+            results = {family: ft.sync(state, changed) for family, ft in self.tables.items()}
+        except Exception:
+            for ft in self.tables.values():  # as kube-proxy's needFullSync: all of it
+                ft.forget()
+            raise
         present = set(state.services)
         removed = len(self._present - present) if changed is None else len(
             {k for k in changed if k in self._present and k not in present})

@@ -11,6 +11,7 @@ import pytest
 from lbcore.errors import ConfigError
 from lbcore.model import NodeInfo, ServiceKey
 from lbcore.testing import cluster, endpoint_slice, naive_expand, service
+from lbcore_iptables.apply import offending_lines
 from lbcore_iptables.driver import IptablesOptions
 from lbcore_iptables.naming import endpoint_chain, service_chain
 from lbcore_iptables.readback import frontends
@@ -163,3 +164,14 @@ def test_cluster_cidr_per_family(value, expected) -> None:
 def test_bad_cluster_cidr_is_refused_with_the_field(value) -> None:
     with pytest.raises(ConfigError, match=r"driver_options\.cluster_cidr"):
         IptablesOptions.parse({"cluster_cidr": value})
+
+
+def test_offending_lines_of_both_flavours_errors() -> None:
+    text = "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -d 10.0.0.1/32 -j KUBE-SVC-A\nCOMMIT\n"
+    legacy = ("iptables-restore v1.8.9 (legacy): Couldn't load target `KUBE-SVC-A':No such "
+              "file or directory\n\nError occurred at line: 3\n")
+    nft = ("iptables-nft-restore v1.8.9 (nf_tables): Chain 'KUBE-SVC-A' does not exist\n"
+           "Error occurred at line: 4\n")
+    rule = "line 3: -A KUBE-SERVICES -d 10.0.0.1/32 -j KUBE-SVC-A"
+    assert offending_lines(text, legacy) == [rule]
+    assert offending_lines(text, nft) == ["line 4: COMMIT", rule]
