@@ -13,7 +13,8 @@ end). Measured, in this order, each as the wall time of ``driver.sync()``:
   driver reuses its renders and skips iptables-save in large cluster mode);
 * ``partial_endpoint``: one endpoint of one service replaced (partial sync: only that
   service's chains; the shared chains are unchanged and not written);
-* ``partial_new_service``: one service added (partial: its chains and KUBE-SERVICES).
+* ``partial_new_service``: one service added (partial: its chains and KUBE-SERVICES);
+* ``cleanup``: every chain and jump removed (``lbcore cleanup``).
 
 After each, ``iptables-save`` must show the change (all KUBE-SEP chains; the new
 endpoint and not the old one; the new service's rule). ``--iptc N`` also writes the N
@@ -107,9 +108,11 @@ def run_size(n: int, eps: int, ns: str, backend: str) -> dict:
         assert not res.full
         out["restore_lines_partial_new_service"] = res.details["restore_lines"]
         assert f'"{new_key} cluster IP"' in save(ns, backend)
+        out["load_after"] = loadavg()
     finally:
-        drv.cleanup()
-    out["load_after"] = loadavg()
+        print(json.dumps(out), flush=True)  # what was measured, also if a step failed
+        _, out["cleanup_s"] = timed(drv.cleanup)
+        assert "KUBE-" not in save(ns, backend)
     return out
 
 
@@ -186,7 +189,7 @@ def main() -> None:
                     print(json.dumps(results["iptc"]), flush=True)
             finally:
                 subprocess.run(["ip", "netns", "del", ns], check=False)
-            print(json.dumps(r), flush=True)
+            print(json.dumps({"cleanup_s": r["cleanup_s"]}), flush=True)
             results["sizes"].append(r)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -130,9 +130,12 @@ class Iptables:
         self.restore("\n".join(text) + "\n")
         return len(missing)
 
-    def cleanup(self) -> int:
-        """Remove the jumps and every chain this driver owns; returns chains removed."""
-        text, removed = [], 0
+    def cleanup(self, batch: int = 3000) -> int:
+        """Remove the jumps and every chain this driver owns; returns chains removed.
+        The nft flavour flushes, then deletes, ``batch`` chains per input (one input of
+        110,000 chains takes iptables-nft-restore minutes, see tables.NFT_BATCH_CHAINS);
+        the jumps go first, so what is left meanwhile is unreachable."""
+        inputs, removed = [], 0
         for table, top in (("filter", TOP_FILTER), ("nat", TOP_NAT)):
             saved = self.save(table).splitlines()
             ours = sorted(c for c in {ln[1:].split()[0] for ln in saved if ln.startswith(":")}
@@ -142,8 +145,17 @@ class Iptables:
             if not ours and not hooks:
                 continue
             removed += len(ours)
-            text += [f"*{table}", *hooks, *(f":{c} - [0:0]" for c in ours),
-                     *(f"-X {c}" for c in ours), "COMMIT"]
-        if text:
-            self.restore("\n".join(text) + "\n")
+            step = batch if self.backend == "nft" else max(len(ours), 1)
+            parts = [ours[i:i + step] for i in range(0, len(ours), step)]
+            if self.backend != "nft":
+                inputs.append([f"*{table}", *hooks, *(f":{c} - [0:0]" for c in ours),
+                               *(f"-X {c}" for c in ours), "COMMIT"])
+                continue
+            inputs.append([f"*{table}", *hooks, "COMMIT"])
+            inputs += [[f"*{table}", *(f":{c} - [0:0]" for c in part), "COMMIT"]
+                       for part in parts]
+            inputs += [[f"*{table}", *(f"-X {c}" for c in part), "COMMIT"] for part in parts]
+        for lines in inputs:
+            if len(lines) > 2:
+                self.restore("\n".join(lines) + "\n")
         return removed

@@ -178,6 +178,7 @@ class IptablesDriver(Driver):
                      "conntrack_deleted": flushed,
                      "large_cluster": sorted(f for f, r in results.items() if r.large_cluster),
                      "families": {f"ipv{f}": {"full": r.full, "restore_lines": r.restore_lines,
+                                              "restores": r.restores,
                                               "services_written": r.services_written}
                                   for f, r in results.items()}})
 

@@ -1,16 +1,18 @@
 """Read back: the live nat and filter tables -> the rows of ``lbcore services``.
 
-The legacy tables are read with python-iptables (``iptc``, libiptc in-process): in the
-driver's namespace this happens in a forked child that ``setns()``-es into it first
-(libiptc opens its socket in the caller's namespace), so the agent's own threads never
-change namespace. The nft flavour (which ``iptc`` cannot read) is read through
-``iptables-nft-save``. Either way the result is a :class:`Ruleset`, turned into
-``FrontendState`` rows by the pure :func:`frontends`.
+The legacy tables are read with python-iptables (``iptc``, libiptc in-process) in a
+forked child that ``setns()``-es into the driver's namespace first (libiptc opens its
+socket in the caller's namespace), so the agent's own threads never change namespace;
+one child per IP family (libxtables holds one family per process). The nft flavour
+(which ``iptc`` cannot read) is read through ``iptables-nft-save``. Either way the
+result is a :class:`Ruleset`, turned into ``FrontendState`` rows by the pure
+:func:`frontends`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -71,7 +73,11 @@ def read_ruleset(netns_path: str | None, backend: str, save: Callable[[str], str
         return parse(save("nat") + save("filter"))
     import iptc  # noqa: F401 - loaded before fork, so the child need not
 
-    return in_netns("iptables", netns_path, read_iptc, ("nat", "filter"), family)
+    # Always in a forked child, also for the current namespace: libxtables keeps one
+    # family per process, and python-iptables reading ip6tables after iptables in one
+    # process fails ("can't find target MASQUERADE").
+    here = f"/proc/{os.getpid()}/ns/net"
+    return in_netns("iptables", netns_path or here, read_iptc, ("nat", "filter"), family)
 
 
 # ---------------------------------------------------------------- pure: rows

@@ -35,17 +35,18 @@ from .render import (
     LARGE_CLUSTER_ENDPOINTS,
     RenderOptions,
     ServiceRules,
+    Shared,
     assemble,
     changed_shared,
     endpoint_count,
     node_port_addresses,
     render_service,
-    service_chains,
     shared_chains,
 )
 
 log = logging.getLogger(__name__)
-EMPTY = ServiceRules()
+NFT_BATCH_CHAINS = 3000  # per iptables-nft-restore input, see FamilyTables._inputs
+STATIC_NAT = {("nat", "KUBE-MARK-MASQ"), ("nat", "KUBE-POSTROUTING")}
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class FamilyResult:
     services_written: int
     chains_deleted: int
     large_cluster: bool
+    restores: int
 
 
 class FamilyTables:
@@ -85,11 +87,12 @@ class FamilyTables:
         full = changed is None or self._in_kernel is None or large != self._opts.large_cluster
         try:
             if full:
-                text, rules, written, deleted = self._full(state, opts)
+                inputs, rules, written, deleted = self._full(state, opts)
             else:
                 assert changed is not None
-                text, rules, written, deleted = self._partial(state, changed, opts)
-            self.ipt.restore(text)
+                inputs, rules, written, deleted = self._partial(state, changed, opts)
+            for text in inputs:
+                self.ipt.restore(text)
         except Exception:
             self.forget()
             raise
@@ -100,7 +103,8 @@ class FamilyTables:
             self._kernel_chains -= set(deleted)
             self._kernel_chains.update(c for k in changed or () if k in rules
                                        for c in rules[k].chains)
-        return FamilyResult(full, text.count("\n"), written, len(deleted), large)
+        lines = sum(text.count("\n") for text in inputs)
+        return FamilyResult(full, lines, written, len(deleted), large, len(inputs))
 
     def forget(self) -> None:
         """After a failure (or cleanup): nothing about the kernel is known any more."""
@@ -139,7 +143,7 @@ class FamilyTables:
         return rules if rules.chains or _has_shared(rules) else None
 
     def _full(self, state: DesiredState, opts: RenderOptions
-              ) -> tuple[str, dict[ServiceKey, ServiceRules], int, list[str]]:
+              ) -> tuple[list[str], dict[ServiceKey, ServiceRules], int, list[str]]:
         rules: dict[ServiceKey, ServiceRules] = {}
         large = opts.large_cluster
         for key, fes in state.services.items():
@@ -156,11 +160,12 @@ class FamilyTables:
             existing = {ln[1:].split()[0] for ln in saved["nat"] if ln.startswith(":")}
             hooks = _missing_hooks(saved)
         deleted = sorted(c for c in existing - wanted if is_owned(c))
-        text = assemble(shared_chains(rules, opts), service_chains(rules), deleted, hooks)
-        return text, rules, len(rules), deleted
+        inputs = self._inputs(shared_chains(rules, opts), [rules[k] for k in sorted(rules)],
+                              deleted, hooks)
+        return inputs, rules, len(rules), deleted
 
-    def _partial(self, state: DesiredState, changed: frozenset[ServiceKey],
-                 opts: RenderOptions) -> tuple[str, dict[ServiceKey, ServiceRules], int, list[str]]:
+    def _partial(self, state: DesiredState, changed: frozenset[ServiceKey], opts: RenderOptions
+                 ) -> tuple[list[str], dict[ServiceKey, ServiceRules], int, list[str]]:
         assert self._in_kernel is not None
         rules = dict(self._in_kernel)
         shared: set[tuple[str, str]] = set()
@@ -183,9 +188,43 @@ class FamilyTables:
             if new is not None and (old is None or old.chains != new.chains):
                 write.append(key)
             deleted |= set(old.chains if old else ()) - set(new.chains if new else ())
-        text = assemble(shared_chains(rules, opts, only=shared) if shared else {},
-                        service_chains(rules, write), sorted(deleted))
-        return text, rules, len(write), sorted(deleted)
+        inputs = self._inputs(shared_chains(rules, opts, only=shared) if shared else {},
+                              [rules[k] for k in sorted(write)], sorted(deleted))
+        return inputs, rules, len(write), sorted(deleted)
+
+    def _inputs(self, shared: Shared, services: list[ServiceRules], deleted: list[str],
+                hooks: dict[str, list[str]] | None = None) -> list[str]:
+        """The restore inputs of one sync: one; or, with the nft flavour and more than
+        :data:`NFT_BATCH_CHAINS` chains to write, batches of whole services first (after
+        the static chains they jump to) and the shared chains and deletions last. Each
+        input is committed as a unit, so every service switches atomically and is
+        linked from KUBE-SERVICES only once its chains exist, unlinked before they go.
+        iptables-nft-restore 1.8.9 is quadratic in the chains of one input (a sorted
+        list of the chain names it must look up): 110,000 chains take ~10 minutes in
+        one input, seconds in batches (docs/iptables.md)."""
+        if self.ipt.backend != "nft" or sum(len(r.chains) for r in services) <= NFT_BATCH_CHAINS:
+            return [text for text in [assemble(shared, service_chains_of(services), deleted,
+                                               hooks)] if text]
+        static = {name: lines for name, lines in shared.items() if name in STATIC_NAT}
+        inputs = [assemble(static, {})]
+        batch: list[ServiceRules] = []
+        for r in services:
+            batch.append(r)
+            if sum(len(b.chains) for b in batch) >= NFT_BATCH_CHAINS:
+                inputs.append(assemble({}, service_chains_of(batch)))
+                batch = []
+        if batch:
+            inputs.append(assemble({}, service_chains_of(batch)))
+        rest = {name: lines for name, lines in shared.items() if name not in STATIC_NAT}
+        inputs.append(assemble(rest, {}, deleted, hooks))
+        return [text for text in inputs if text]
+
+
+def service_chains_of(services: Iterable[ServiceRules]) -> dict[str, list[str]]:
+    chains: dict[str, list[str]] = {}
+    for r in services:
+        chains.update(r.chains)
+    return chains
 
 
 def _has_shared(rules: ServiceRules) -> bool:

@@ -3,6 +3,7 @@ against a recording stand-in for the iptables tools (no kernel)."""
 
 from __future__ import annotations
 
+import re
 from types import MappingProxyType
 
 import pytest
@@ -11,7 +12,7 @@ from lbcore.expand import IncrementalExpander
 from lbcore.model import ClusterObjects, NodeInfo
 from lbcore.testing import cluster, endpoint_slice, service
 from lbcore_iptables.render import LARGE_CLUSTER_ENDPOINTS, RenderOptions
-from lbcore_iptables.tables import FamilyTables
+from lbcore_iptables.tables import NFT_BATCH_CHAINS, FamilyTables
 
 NODE = NodeInfo("n", ("172.18.0.2",))
 
@@ -20,7 +21,8 @@ class RecordingIptables:
     """TEST DOUBLE for ``apply.Iptables``: keeps what each restore was given; ``save``
     answers from the last full input (enough for chain names and hooks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "legacy") -> None:
+        self.backend = backend
         self.restores: list[str] = []
         self.saves = 0
         self.kernel = ""
@@ -44,8 +46,8 @@ def objects(n: int, eps: int = 2, extra: str | None = None) -> ClusterObjects:
     return cluster(svcs, slices)
 
 
-def setup(n: int, eps: int = 2):
-    ipt = RecordingIptables()
+def setup(n: int, eps: int = 2, backend: str = "legacy"):
+    ipt = RecordingIptables(backend)
     tables = FamilyTables(ipt, RenderOptions(cluster_cidr="10.0.0.0/8",
                                              node_addresses=NODE.addresses))
     exp = IncrementalExpander(NODE)
@@ -120,3 +122,19 @@ def test_a_failed_restore_forgets_the_kernel_and_the_next_sync_is_full() -> None
                          frozenset({key}))
     assert result.full and ipt.saves == saves + 2  # re-read the kernel
     assert "default/s1" in ipt.restores[-1]
+
+
+def test_nft_full_sync_in_batches_of_whole_services_links_them_last() -> None:
+    n = NFT_BATCH_CHAINS  # x 3 chains each (SVC + 2 SEP): about three batches
+    legacy, *_ = setup(n)
+    nft, *_ = setup(n, backend="nft")
+    (single,) = legacy.restores
+    first, *batches, last = nft.restores
+    assert first.startswith("*nat\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n")
+    assert len(batches) == 3 and all("KUBE-SERVICES" not in b for b in batches)
+    for b in batches:  # whole services: every SEP a batch's SVC chains jump to is in it
+        declared = set(re.findall(r"^:(\S+)", b, re.M))
+        assert set(re.findall(r"-j (KUBE-SEP-\S+)", b)) <= declared
+    assert "-A KUBE-SERVICES" in last and ":KUBE-SVC-" not in last
+    rules = sorted(ln for t in nft.restores for ln in t.splitlines() if ln.startswith("-"))
+    assert rules == sorted(ln for ln in single.splitlines() if ln.startswith("-"))
