@@ -3,6 +3,9 @@ lab of test_iptables.py (every address there has an IPv6 twin), legacy and nft."
 
 from __future__ import annotations
 
+import json
+import sys
+import textwrap
 import time
 from collections import Counter
 
@@ -100,3 +103,38 @@ def test_ipv6_udp_client_with_fixed_port_follows_an_endpoint_swap(ilab, agent): 
     result = agent.sync([echo], [eps(echo, ips[1:], port=5353)], frozenset({echo.key}))
     assert result.details["conntrack_deleted"] >= 1  # the IPv6 entry, through AF_INET6
     assert udp_ask(ilab, VIP6).startswith("backend=b1")
+
+
+IN_NODE = textwrap.dedent("""
+    import json, sys
+    from lbcore.expand import IncrementalExpander
+    from lbcore.model import NodeInfo
+    from lbcore.testing import cluster, endpoint_slice, service
+    from lbcore_iptables.driver import IptablesDriver
+    node = NodeInfo("node-a", ())
+    driver = IptablesDriver({"cluster_cidr": "10.244.0.0/16,fd00:10::/48"}, node)
+    svcs = [service("web", sys.argv[1], port=80), service("web6", sys.argv[2], port=80)]
+    slices = [endpoint_slice(svcs[0], sys.argv[3].split(","), port=80),
+              endpoint_slice(svcs[1], sys.argv[4].split(","), port=80)]
+    state = IncrementalExpander(node).expand(cluster(svcs, slices), None)
+    driver.sync(state, None)
+    if sys.argv[5] == "cleanup":
+        driver.cleanup()
+    print(json.dumps([row.to_json() for row in driver.dump()]))
+""")
+
+
+def test_in_the_current_namespace_as_a_daemonset_runs(ilab):  # noqa: F811
+    # no netns option: the driver programs (and reads back, iptc for both families)
+    # the namespace it runs in
+    ilab.http()
+    args = [VIP, VIP6, ",".join(backend_ips(ilab)), ",".join(backend_ips(ilab, family=6))]
+    r = ilab.lab.run(ilab.node, [sys.executable, "-c", IN_NODE, *args, "keep"], timeout=30)
+    assert r.returncode == 0, r.stderr
+    rows = {row["frontend"]["ip"]: row for row in json.loads(r.stdout)}
+    assert {VIP, VIP6} <= set(rows)
+    assert sorted(b["ip"] for b in rows[VIP6]["backends"]) == backend_ips(ilab, family=6)
+    assert ilab.whoami(ilab.client, f"http://[{VIP6}]")["backend"].startswith("b")
+    assert ilab.whoami(ilab.client, f"http://{VIP}")["backend"].startswith("b")
+    r = ilab.lab.run(ilab.node, [sys.executable, "-c", IN_NODE, *args, "cleanup"], timeout=30)
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
