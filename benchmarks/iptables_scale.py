@@ -6,7 +6,8 @@ Run as root: ``.venv/bin/python benchmarks/iptables_scale.py [--services 1000,10
 
 For each backend and size: N ClusterIP services x E endpoints go through the
 incremental expander and the driver into a private network namespace (removed at the
-end). Measured, in this order, each as the wall time of ``driver.sync()``:
+end). Measured, in this order, each as the wall time of ``driver.sync()`` (and, in
+``cpu_s``, the CPU seconds of the agent process and the iptables tools it ran):
 
 * ``full_first``: the first full sync, into empty tables;
 * ``full_again``: a periodic full sync with nothing changed (every rule rewritten; the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -63,9 +65,22 @@ def save(ns: str, backend: str) -> str:
                            "-t", "nat"], capture_output=True, text=True, check=True).stdout
 
 
-def timed(fn, *args):
-    t0 = time.perf_counter()
+CPU: dict[str, float] = {}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the iptables tools)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(fn, *args, name: str = ""):
+    """(result, wall seconds); the CPU seconds go to ``CPU[name]`` (a figure that the
+    load of a shared machine inflates less than the wall time)."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
     result = fn(*args)
+    if name:
+        CPU[name] = round(cpu_seconds() - c0, 3)
     return result, round(time.perf_counter() - t0, 3)
 
 
@@ -77,12 +92,13 @@ def run_size(n: int, eps: int, ns: str, backend: str) -> dict:
                  "load_before": loadavg()}
     try:
         st = exp.expand(objs, None)
-        res, out["full_first_s"] = timed(drv.sync, st, None)
+        res, out["full_first_s"] = timed(drv.sync, st, None, name="full_first")
         out["restore_lines_full"] = res.details["restore_lines"]
         out["large_cluster"] = res.details["large_cluster"] == [4]
         text, out["iptables_save_s"] = timed(save, ns, backend)
         assert text.count("\n:KUBE-SEP-") == n * eps, (text.count("\n:KUBE-SEP-"), n * eps)
-        res, out["full_again_s"] = timed(drv.sync, exp.expand(objs, None), None)
+        res, out["full_again_s"] = timed(drv.sync, exp.expand(objs, None), None,
+                                         name="full_again")
         assert res.full and save(ns, backend).count("\n:KUBE-SEP-") == n * eps
         # one endpoint of svc-7 replaced by a new address
         key = next(k for k in objs.services if k.name == "svc-7")
@@ -92,7 +108,7 @@ def run_size(n: int, eps: int, ns: str, backend: str) -> dict:
         slices[key] = (endpoint_slice(objs.services[key], ips),)
         objs = ClusterObjects(objs.services, MappingProxyType(slices), objs.nodes)
         res, out["partial_endpoint_s"] = timed(drv.sync, exp.expand(objs, frozenset({key})),
-                                               frozenset({key}))
+                                               frozenset({key}), name="partial_endpoint")
         assert not res.full
         out["restore_lines_partial_endpoint"] = res.details["restore_lines"]
         text = save(ns, backend)
@@ -104,11 +120,13 @@ def run_size(n: int, eps: int, ns: str, backend: str) -> dict:
         objs = ClusterObjects(MappingProxyType({**objs.services, **extra.services}),
                               MappingProxyType({**objs.slices, **extra.slices}), objs.nodes)
         res, out["partial_new_service_s"] = timed(
-            drv.sync, exp.expand(objs, frozenset({new_key})), frozenset({new_key}))
+            drv.sync, exp.expand(objs, frozenset({new_key})), frozenset({new_key}),
+            name="partial_new_service")
         assert not res.full
         out["restore_lines_partial_new_service"] = res.details["restore_lines"]
         assert f'"{new_key} cluster IP"' in save(ns, backend)
         out["load_after"] = loadavg()
+        out["cpu_s"] = dict(CPU)
     finally:
         print(json.dumps(out), flush=True)  # what was measured, also if a step failed
         _, out["cleanup_s"] = timed(drv.cleanup)

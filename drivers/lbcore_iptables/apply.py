@@ -27,6 +27,11 @@ NAME = "iptables"
 FAILED_LINE = re.compile(r"line:?\s*(\d+)", re.IGNORECASE)
 QUOTED = re.compile(r"[`']([A-Za-z0-9_-]+)'")  # Couldn't load target `X' / Chain 'X' ...
 BACKENDS = ("legacy", "nft")
+# Seconds iptables-legacy-restore waits for /run/xtables.lock. The lock is one file for
+# the whole machine (every network namespace), and a restore at 10,000 services holds it
+# for 10-20 s here; kube-proxy waits 5 s, which made our restores fail while another
+# namespace's large restore ran. (The nft flavour takes no lock.)
+LOCK_WAIT = 60
 
 
 def offending_lines(text: str, stderr: str, most: int = 3) -> list[str]:
@@ -86,7 +91,7 @@ class Iptables:
         rules: each table is committed as a unit)."""
         if not text:
             return
-        r = self._run(self.command("restore", "--noflush", "-w", "5"), stdin=text)
+        r = self._run(self.command("restore", "--noflush", "-w", str(LOCK_WAIT)), stdin=text)
         if r.returncode == 0:
             return
         errors = [ln for ln in r.stderr.strip().splitlines() if ln and not ln.startswith("Try")]
