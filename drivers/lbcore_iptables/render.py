@@ -391,14 +391,11 @@ def assemble(shared: Mapping[tuple[str, str], list[str]], chains: Mapping[str, l
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def service_chains(rules: Mapping[ServiceKey, ServiceRules],
-                   keys: Iterable[ServiceKey] | None = None) -> dict[str, list[str]]:
-    """Pure: the per-service nat chains of ``keys`` (None: every service)."""
+def service_chains(services: Iterable[ServiceRules]) -> dict[str, list[str]]:
+    """Pure: the per-service nat chains of ``services``, by name."""
     chains: dict[str, list[str]] = {}
-    for key in rules if keys is None else keys:
-        r = rules.get(key)
-        if r is not None:
-            chains.update(r.chains)
+    for r in services:
+        chains.update(r.chains)
     return chains
 
 
@@ -415,7 +412,7 @@ def node_port_addresses(state: DesiredState, configured: Iterable[str], family: 
 def render(state: DesiredState, opts: RenderOptions) -> str:
     """Pure: the full ruleset of ``opts.family`` for ``state``."""
     rules = render_all(state, opts)
-    return assemble(shared_chains(rules, opts), service_chains(rules))
+    return assemble(shared_chains(rules, opts), service_chains(rules.values()))
 
 
 def render_all(state: DesiredState, opts: RenderOptions) -> dict[ServiceKey, ServiceRules]:

@@ -41,6 +41,7 @@ from .render import (
     endpoint_count,
     node_port_addresses,
     render_service,
+    service_chains,
     shared_chains,
 )
 
@@ -111,9 +112,6 @@ class FamilyTables:
         self._in_kernel = None
         self._kernel_chains = None
         self._hooks_ok = False
-
-    def services(self) -> int:
-        return len(self._in_kernel or ())
 
     # ---------------------------------------------------------------- internals
 
@@ -203,7 +201,7 @@ class FamilyTables:
         list of the chain names it must look up): 110,000 chains take ~10 minutes in
         one input, seconds in batches (docs/iptables.md)."""
         if self.ipt.backend != "nft" or sum(len(r.chains) for r in services) <= NFT_BATCH_CHAINS:
-            return [text for text in [assemble(shared, service_chains_of(services), deleted,
+            return [text for text in [assemble(shared, service_chains(services), deleted,
                                                hooks)] if text]
         static = {name: lines for name, lines in shared.items() if name in STATIC_NAT}
         inputs = [assemble(static, {})]
@@ -211,20 +209,13 @@ class FamilyTables:
         for r in services:
             batch.append(r)
             if sum(len(b.chains) for b in batch) >= NFT_BATCH_CHAINS:
-                inputs.append(assemble({}, service_chains_of(batch)))
+                inputs.append(assemble({}, service_chains(batch)))
                 batch = []
         if batch:
-            inputs.append(assemble({}, service_chains_of(batch)))
+            inputs.append(assemble({}, service_chains(batch)))
         rest = {name: lines for name, lines in shared.items() if name not in STATIC_NAT}
         inputs.append(assemble(rest, {}, deleted, hooks))
         return [text for text in inputs if text]
-
-
-def service_chains_of(services: Iterable[ServiceRules]) -> dict[str, list[str]]:
-    chains: dict[str, list[str]] = {}
-    for r in services:
-        chains.update(r.chains)
-    return chains
 
 
 def _has_shared(rules: ServiceRules) -> bool:

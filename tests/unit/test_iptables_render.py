@@ -102,7 +102,7 @@ def test_partial_assemble_writes_only_what_it_is_given_and_deletes_stale() -> No
     assert "*filter" not in text and ":KUBE-SERVICES - [0:0]" in text
     assert ":KUBE-SVC-" not in text and ":KUBE-NODEPORTS" not in text
     key = ServiceKey("default", "web")
-    full = assemble(shared_chains(rules, OPTS), service_chains(rules, [key]))
+    full = assemble(shared_chains(rules, OPTS), service_chains([rules[key]]))
     assert full == render(st, OPTS)
 
 
