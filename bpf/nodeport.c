@@ -106,10 +106,14 @@ static __always_inline int lbn_nat(struct __sk_buff *skb, const struct lbn_pkt *
 }
 
 /*
- * The outer header costs 20 bytes of MTU: lower the MSS a TCP SYN announces by as much,
- * so full-sized segments still fit once encapsulated (Linux puts MSS first, kind 2).
+ * DSR: the client's segments reach the backend inside a carrier header, so the MSS the
+ * *backend* announces in its SYN-ACK must leave room for it; otherwise a full-sized
+ * non-GSO segment from the client (a retransmission, the tail of a burst) grows beyond
+ * the MTU when encapsulated and is dropped by the device. Lowered by ``room`` bytes
+ * (Linux puts MSS first, kind 2 length 4).
  */
-static __always_inline int lbn_clamp_mss(struct __sk_buff *skb, const struct lbn_pkt *p)
+static __always_inline int lbn_clamp_mss(struct __sk_buff *skb, const struct lbn_pkt *p,
+					 __u16 room)
 {
 	__u8 opt[4];
 	__be16 old, new;
@@ -122,10 +126,10 @@ static __always_inline int lbn_clamp_mss(struct __sk_buff *skb, const struct lbn
 	if (opt[0] != 2 || opt[1] != 4)
 		return 0;
 	mss = ((__u16)opt[2] << 8) | opt[3];
-	if (mss <= 536 + sizeof(struct iphdr))
+	if (mss <= 536 + room)
 		return 0;
 	old = bpf_htons(mss);
-	new = bpf_htons(mss - sizeof(struct iphdr));
+	new = bpf_htons(mss - room);
 	if (bpf_l4_csum_replace(skb, lbn_l4_csum_off(p), old, new, sizeof(new)) < 0)
 		return -1;
 	return bpf_skb_store_bytes(skb, p->l4 + 22, &new, sizeof(new), 0);
@@ -137,8 +141,6 @@ static __always_inline int lbn_dsr_encap(struct __sk_buff *skb, const struct lbn
 {
 	struct iphdr outer = {};
 
-	if (lbn_clamp_mss(skb, p) < 0)
-		return TC_ACT_SHOT;
 	outer.version = 4;
 	outer.ihl = 5;
 	outer.tos = p->tos;
@@ -365,7 +367,7 @@ static __always_inline int lbn_dsr_deliver(struct __sk_buff *skb, struct lbn_pkt
 			rev.tcp_state = 0;
 	}
 	rev.action = LBN_ACT_STACK;
-	rev.flags = LBN_CT_F_SNAT;
+	rev.flags = LBN_CT_F_SNAT | LBN_CT_F_CLAMP_MSS;
 	rev.to_src = inner.key.dst;
 	rev.to_sport = inner.key.dport;
 	lbn_ct_refresh(&rev, &inner, now);
@@ -417,6 +419,8 @@ int lbn_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	lbn_ct_refresh(ct, &p, now);
 	if (lbn_nat(skb, &p, ct) < 0)
+		return TC_ACT_SHOT;
+	if ((ct->flags & LBN_CT_F_CLAMP_MSS) && lbn_clamp_mss(skb, &p, sizeof(struct iphdr)) < 0)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }

@@ -84,9 +84,10 @@ def dp(bpflab):
         bpf.cleanup()
 
 
-def tcp(src, sport, dst, dport, flags="S", ttl=64):
-    return ETH / IP(src=src, dst=dst, ttl=ttl, id=7) / TCP(sport=sport, dport=dport,
-                                                              flags=flags, seq=1) / (b"x" * 3)
+def tcp(src, sport, dst, dport, flags="S", ttl=64, mss=None):
+    options = [("MSS", mss), ("NOP", None), ("NOP", None)] if mss else []
+    return ETH / IP(src=src, dst=dst, ttl=ttl, id=7) / TCP(
+        sport=sport, dport=dport, flags=flags, seq=1, options=options) / (b"x" * 3)
 
 
 def rebuilt(pkt) -> bytes:
@@ -201,8 +202,11 @@ def test_dsr_delivery_decapsulates_dnats_and_replies_as_the_frontend(dp):
     assert verdict == TC_ACT_OK
     assert out == rebuilt(ETH / IP(src=CLIENT, dst=LOCAL_POD, ttl=63) /
                           TCP(sport=43002, dport=8080, flags="S"))
-    verdict, out = dp.run("egress", tcp(LOCAL_POD, 8080, CLIENT, 43002, flags="SA"))
-    assert out == rebuilt(tcp("172.18.0.9", 30090, CLIENT, 43002, flags="SA"))
+    # The SYN-ACK's MSS leaves room for the carrier the client's segments travel in.
+    verdict, out = dp.run("egress", tcp(LOCAL_POD, 8080, CLIENT, 43002, flags="SA", mss=1460))
+    assert out == rebuilt(tcp("172.18.0.9", 30090, CLIENT, 43002, flags="SA", mss=1440))
+    verdict, out = dp.run("egress", tcp(LOCAL_POD, 8080, CLIENT, 43002, flags="A"))
+    assert out == rebuilt(tcp("172.18.0.9", 30090, CLIENT, 43002, flags="A"))
 
 
 def test_etp_local_without_local_backend_drops(dp):

@@ -113,8 +113,7 @@ def test_curl_local_and_remote_backends_with_documented_source(env, mode, remote
     assert r.returncode == 7, r.stderr  # connection refused, not a timeout
 
 
-@pytest.mark.parametrize("mode", ["snat", pytest.param("dsr", marks=pytest.mark.xfail(
-    strict=True, reason="known gap: bulk client->backend transfer stalls in DSR mode"))])
+@pytest.mark.parametrize("mode", ["snat", "dsr"])
 def test_iperf3_100mb_through_nodeport_is_intact(env, mode):
     lab, nl, agents = env
     agents.start(mode)

@@ -120,6 +120,7 @@ struct lbn_ct_key {
 
 #define LBN_CT_F_SNAT 0x1 /* rewrite source to to_src:to_sport */
 #define LBN_CT_F_DNAT 0x2 /* rewrite destination to to_dst:to_dport */
+#define LBN_CT_F_CLAMP_MSS 0x4 /* DSR reply: lower the SYN-ACK's MSS by the carrier */
 
 enum {
 	LBN_TCP_SYN = 1,
