@@ -16,7 +16,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from lbcore_tcnodeport import loader
-from lbcore_tcnodeport.image import Allocators, NodePortImage, render_entry
+from lbcore_tcnodeport.image import Allocators, NodePortImage, dsr_ports, render_entry
 from lbcore_tcnodeport.lab import LabNode, LabPod, frontend
 from lbcore_tcnodeport.maps import KernelMaps
 from lbcore_tcnodeport.plan import plan_sync
@@ -31,6 +31,7 @@ from .conftest import inside
 
 pytestmark = pytest.mark.netns
 NODE, CLIENT = "172.18.0.2", "172.18.0.200"  # the client is on the node network
+NODE6 = "fc00:f853:ccd:e793::2"
 LOCAL_POD, REMOTE_POD = "10.0.0.10", "10.0.1.10"
 M = 251
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -49,7 +50,7 @@ class Datapath:
         return res.verdict, res.packet
 
     def mode(self, mode: str, snat=(61000, 65535)) -> None:
-        self.maps.write_config(NODE, snat, mode)
+        self.maps.write_config(NODE, NODE6, snat, mode)
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +71,13 @@ def dp(bpflab):
                      source_ranges=("198.51.100.0/24",)),
             frontend(NODE, 30084, [(local, 8080), (remote, 8080)], name="mg",
                      algorithm="maglev"),
+            frontend(NODE, 30090, [(local, 8080)], name="dsr"),
         ]
         image = NodePortImage()
         ids, bids = Allocators.seeded(image, 100), {}
         desired = {f.address: render_entry(f, "node0", image, ids, bids) for f in fes}
-        plan, _ = plan_sync(image, desired, {b: a for a, b in bids.items()}, {LOCAL_POD}, M)
+        plan, _ = plan_sync(image, desired, {b: a for a, b in bids.items()},
+                            dsr_ports(fes, "node0"), M)
         maps.apply(plan)
         ifindex = json.loads(ns.ip("-j", "link", "show", "eth0"))[0]["ifindex"]
         d = Datapath(loader.load_functions(bpf), maps, ns.path, ifindex)
@@ -187,7 +190,7 @@ def test_dsr_encapsulates_the_untouched_packet_to_the_backend_pod(dp):
         verdict, out = dp.run("ingress", pkt)
         outer = l3(out)
         assert verdict == TC_ACT_REDIRECT
-        assert (outer.src, outer.dst, outer.proto, outer.id) == (NODE, REMOTE_POD, 4, 8080)
+        assert (outer.src, outer.dst, outer.proto) == (NODE, REMOTE_POD, 4)
         assert outer.flags == "DF" and bytes(outer) == rebuilt(IP(bytes(outer)))
         inner = bytes(outer.payload)
         assert inner == rebuilt(tcp(CLIENT, 43001, NODE, 30081, ttl=63))[14:]
@@ -197,7 +200,7 @@ def test_dsr_encapsulates_the_untouched_packet_to_the_backend_pod(dp):
 
 def test_dsr_delivery_decapsulates_dnats_and_replies_as_the_frontend(dp):
     inner = IP(src=CLIENT, dst="172.18.0.9", ttl=63) / TCP(sport=43002, dport=30090, flags="S")
-    pkt = ETH / IP(src="172.18.0.9", dst=LOCAL_POD, proto=4, id=8080, flags="DF") / inner
+    pkt = ETH / IP(src="172.18.0.9", dst=LOCAL_POD, proto=4, flags="DF") / inner
     verdict, out = dp.run("ingress", Ether(bytes(pkt)))
     assert verdict == TC_ACT_OK
     assert out == rebuilt(ETH / IP(src=CLIENT, dst=LOCAL_POD, ttl=63) /
