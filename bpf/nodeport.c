@@ -73,15 +73,19 @@ static __always_inline __u64 lbn_ct_life(__u8 proto, __u8 state)
 	return LBN_CT_SYN_TIMEOUT * LBN_NSEC;
 }
 
-/* The TCP state after ``flags`` from the side whose FIN bit is ``fin``. */
-static __always_inline __u8 lbn_tcp_next(__u8 state, __u8 *fins, __u8 flags, __u8 fin)
+/* The TCP state after ``flags`` from the side whose FIN bit is ``side``. */
+static __always_inline __u8 lbn_tcp_next(__u8 state, __u8 *fins, __u8 flags, __u8 side)
 {
-	if (state == LBN_TCP_CLOSED || (flags & LBN_TCP_RST))
+	if (flags & LBN_TCP_RST) {
+		*fins |= LBN_FIN_RST;
 		return LBN_TCP_CLOSED;
+	}
+	if (state == LBN_TCP_CLOSED)
+		return state;
 	if (flags & LBN_TCP_FIN) {
-		*fins |= fin;
-		return *fins == (LBN_FIN_CLIENT | LBN_FIN_BACKEND) ? LBN_TCP_CLOSED
-								    : LBN_TCP_CLOSING;
+		*fins |= side;
+		return (*fins & LBN_FIN_CLIENT) && (*fins & LBN_FIN_BACKEND) ? LBN_TCP_CLOSED
+									 : LBN_TCP_CLOSING;
 	}
 	if (state == LBN_TCP_SYN && !(flags & LBN_TCP_SYN))
 		return LBN_TCP_ESTABLISHED;
@@ -145,18 +149,71 @@ static __always_inline void lbn_translated(struct lbn_tuple *t, const struct lbn
 	t->dport = dnat ? ct->to_dport : p->key.dport;
 }
 
+/* Where a TCP segment's sequence ends (payload and FIN counted) and its TSval. */
+struct lbn_tcp_end {
+	__u32 seq; /* host order */
+	__u32 ts;  /* host order; 0: no timestamp option */
+};
+
+#define LBN_TCPOPT_TS 8
+
+static __always_inline void lbn_tcp_end(struct __sk_buff *skb, const struct lbn_pkt *p,
+					struct lbn_tcp_end *end)
+{
+	struct {
+		__be32 seq;
+		__be32 ack;
+		__u8 doff;
+	} h;
+	__u8 opt[40];
+	__u32 hlen, olen, i = 0;
+
+	end->seq = end->ts = 0;
+	if (bpf_skb_load_bytes(skb, p->l4 + 4, &h, 9) < 0)
+		return;
+	hlen = (p->l4 - p->l3) + (h.doff >> 4) * 4;
+	end->seq = bpf_ntohl(h.seq) + (p->len > hlen ? p->len - hlen : 0) +
+		   ((p->tcp_flags & LBN_TCP_FIN) ? 1 : 0);
+	olen = ((h.doff >> 4) * 4) & 0x3f;
+	if (olen <= 20)
+		return;
+	olen -= 20;
+	if (olen > sizeof(opt) || bpf_skb_load_bytes(skb, p->l4 + 20, opt, olen) < 0)
+		return;
+#pragma unroll
+	for (int n = 0; n < 10; n++) { /* options before the timestamp: few, short */
+		if (i + 10 > olen || i > sizeof(opt) - 10)
+			return;
+		if (opt[i] == 0)
+			return;
+		if (opt[i] == 1) {
+			i++;
+			continue;
+		}
+		if (opt[i] == LBN_TCPOPT_TS && opt[i + 1] == 10) {
+			end->ts = ((__u32)opt[i + 2] << 24) | ((__u32)opt[i + 3] << 16) |
+				  ((__u32)opt[i + 4] << 8) | opt[i + 5];
+			return;
+		}
+		if (opt[i + 1] < 2)
+			return;
+		i += opt[i + 1];
+	}
+}
+
 /*
  * A FIN or RST closes the flow for both directions' entries: the entry of the replies
- * (keyed by the translated tuple, reversed) learns it too, so the SNAT port it holds
- * can serve a new flow once both sides have finished.
+ * (keyed by the translated tuple, reversed) learns it too, and where the client's
+ * sequence ends, so the SNAT port it holds can serve a new flow that the backend will
+ * accept (lbn_snat_reusable).
  */
-static __always_inline void lbn_ct_tell_peer(const struct lbn_pkt *p,
+static __always_inline void lbn_ct_tell_peer(struct __sk_buff *skb, const struct lbn_pkt *p,
 					     const struct lbn_ct_val *ct,
 					     const struct lbn_tuple *t, __u64 now)
 {
 	struct lbn_ct_key peer = {};
 	struct lbn_ct_val *pv;
-	__u8 fins;
+	__u8 fins, side;
 
 	if (!(p->tcp_flags & (LBN_TCP_FIN | LBN_TCP_RST)) || ct->peer_dir == LBN_PEER_NONE ||
 	    p->key.proto != IPPROTO_TCP)
@@ -170,9 +227,17 @@ static __always_inline void lbn_ct_tell_peer(const struct lbn_pkt *p,
 	pv = lbn_ct.lookup(&peer);
 	if (!pv || pv->expires <= now)
 		return;
+	side = lbn_ct_side(ct);
 	fins = pv->fins;
-	pv->tcp_state = lbn_tcp_next(pv->tcp_state, &fins, p->tcp_flags, lbn_ct_side(ct));
+	pv->tcp_state = lbn_tcp_next(pv->tcp_state, &fins, p->tcp_flags, side);
 	pv->fins = fins;
+	if (side == LBN_FIN_CLIENT && (p->tcp_flags & LBN_TCP_FIN)) {
+		struct lbn_tcp_end end;
+
+		lbn_tcp_end(skb, p, &end);
+		pv->seq_end = end.seq;
+		pv->ts_end = end.ts;
+	}
 	if (pv->expires > now + LBN_CT_CLOSE_TIMEOUT * LBN_NSEC)
 		pv->expires = now + LBN_CT_CLOSE_TIMEOUT * LBN_NSEC;
 }
@@ -219,7 +284,7 @@ static __always_inline int lbn_forward(struct __sk_buff *skb, const struct lbn_p
 	lbn_translated(&t, p, ct);
 	if (lbn_rewrite(skb, p, &t.src, t.sport, &t.dst, t.dport, redirect) < 0)
 		return TC_ACT_SHOT;
-	lbn_ct_tell_peer(p, ct, &t, now);
+	lbn_ct_tell_peer(skb, p, ct, &t, now);
 	if (!redirect)
 		return TC_ACT_OK;
 	return lbn_fib_redirect(skb, p->family, &t.src, &t.dst);
@@ -291,14 +356,35 @@ static __always_inline int lbn_snat_take(struct lbn_ct_key *rkey, const struct l
 }
 
 /*
+ * A closed flow's port may serve a new flow if the backend will take the new SYN even
+ * if it holds the old flow in TIME_WAIT (whoever closed first: FINs cross): after an
+ * RST it holds nothing; with timestamps (PAWS) the SYN's TSval must be newer than the
+ * old flow's last, and as clients randomise TS offsets per connection that holds for
+ * about half the closed ports, so the probes look at several; without timestamps the
+ * SYN's sequence number must be after the old flow's (what the kernel's NAT checks
+ * before it evicts a TIME_WAIT conntrack).
+ */
+static __always_inline int lbn_snat_reusable(const struct lbn_ct_val *old,
+					     const struct lbn_tcp_end *syn)
+{
+	if (old->tcp_state != LBN_TCP_CLOSED || !syn->seq)
+		return 0;
+	if (old->fins & LBN_FIN_RST)
+		return 1;
+	if (old->ts_end && syn->ts)
+		return (__s32)(syn->ts - old->ts_end) > 0;
+	return old->seq_end && (__s32)(syn->seq - old->seq_end) > 0;
+}
+
+/*
  * Reserve a SNAT port (the space is per backend tuple: the reply's entry is the
  * reservation). Probes from a random start take the first port that is free or
- * expired; a port whose flow has closed on both sides (FINs or RST) is taken only if
- * none is, as few as possible then meet a backend socket still in TIME_WAIT.
+ * expired; failing that, the first whose closed flow the new SYN may follow.
  */
 static __always_inline int lbn_snat_reserve(const struct lbn_config *cfg,
 					    struct lbn_ct_key *rkey,
-					    const struct lbn_ct_val *rval, __u64 now)
+					    const struct lbn_ct_val *rval, __u64 now,
+					    const struct lbn_tcp_end *syn)
 {
 	__u32 span, start;
 	__be16 closed = 0;
@@ -316,7 +402,7 @@ static __always_inline int lbn_snat_reserve(const struct lbn_config *cfg,
 				return 0;
 			continue; /* another CPU took it just now */
 		}
-		if (!closed && old->tcp_state == LBN_TCP_CLOSED)
+		if (!closed && lbn_snat_reusable(old, syn))
 			closed = rkey->dport;
 	}
 	if (!closed)
@@ -396,7 +482,11 @@ static __always_inline int lbn_new_flow(struct __sk_buff *skb, struct lbn_pkt *p
 		rev->to_sport = p->key.dport;
 		rev->to_dst = p->key.src;
 		rev->to_dport = p->key.sport;
-		if (lbn_snat_reserve(cfg, rkey, rev, now) < 0)
+		struct lbn_tcp_end syn = {};
+
+		if (p->key.proto == IPPROTO_TCP && (p->tcp_flags & LBN_TCP_SYN))
+			lbn_tcp_end(skb, p, &syn);
+		if (lbn_snat_reserve(cfg, rkey, rev, now, &syn) < 0)
 			return TC_ACT_SHOT; /* port range exhausted for this backend */
 		fwd->action = LBN_ACT_REDIRECT;
 		fwd->flags = LBN_CT_F_SNAT | LBN_CT_F_DNAT;
@@ -535,7 +625,7 @@ int lbn_egress(struct __sk_buff *skb)
 	lbn_translated(&t, &p, ct);
 	if (lbn_rewrite(skb, &p, &t.src, t.sport, &t.dst, t.dport, 0) < 0)
 		return TC_ACT_SHOT;
-	lbn_ct_tell_peer(&p, ct, &t, now);
+	lbn_ct_tell_peer(skb, &p, ct, &t, now);
 	if ((ct->flags & LBN_CT_F_CLAMP_MSS) && lbn_clamp_mss(skb, &p, lbn_carrier_len(&p)) < 0)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;

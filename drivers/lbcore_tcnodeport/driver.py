@@ -114,7 +114,7 @@ class TcNodePortDriver(Driver):
         if loader.in_initial_netns(self.opts.netns) and not self.opts.allow_initial_netns:
             raise DriverError(NAME, "refusing to attach to the devices of the initial network "
                               "namespace; set driver_options.netns or allow_initial_netns")
-        self._load(fresh_config=True)
+        self._load(for_setup=True)
         assert self._maps is not None
         self._maps.write_config(self.node_ip4, self.node_ip6, self.opts.snat_ports,
                                 self.opts.mode)
@@ -123,10 +123,11 @@ class TcNodePortDriver(Driver):
         log.info("%s: attached to %s (mode %s), %d frontends adopted", NAME,
                  ",".join(self.opts.devices), self.opts.mode, len(self._image.services))
 
-    def _load(self, fresh_config: bool = False) -> None:
-        """Compile and open the pinned maps. ``fresh_config`` (setup only): lbn_cfg is
-        created anew, as the setup writes it whole and its layout may have changed;
-        a program still attached keeps the map it was loaded with until replaced."""
+    def _load(self, for_setup: bool = False) -> None:
+        """Compile and open the pinned maps. For the setup, lbn_cfg is created anew (the
+        setup writes it whole), and so is a pinned map whose layout an earlier version
+        made (its entries are lost: the full sync rewrites services, flows start
+        over); a program still attached keeps its maps until its filter is replaced."""
         if self._bpf is not None:
             return
         if bpffs_mount_of(self.opts.bpffs_path) is None:
@@ -134,7 +135,7 @@ class TcNodePortDriver(Driver):
                 raise DriverError(NAME, f"{self.opts.bpffs_path} is not on a bpf filesystem")
             subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True)
         os.makedirs(self.opts.bpffs_path, exist_ok=True)
-        if fresh_config:
+        if for_setup:
             loader.unpin_maps(self.opts.bpffs_path, ("lbn_cfg", *loader.RETIRED_MAPS))
         for map_name, opt in PINNED_SIZES.items():
             path = os.path.join(self.opts.bpffs_path, map_name)
@@ -143,7 +144,19 @@ class TcNodePortDriver(Driver):
                 if have != want:
                     raise ConfigError(f"driver_options.{opt}: {want}, but the pinned map {path} "
                                       f"holds {have} (use {have}, or `lbcore cleanup` first)")
-        self._bpf = loader.compile_program(self.opts.bpffs_path, self.opts.macros())
+        bpf = loader.compile_program(self.opts.bpffs_path, self.opts.macros())
+        stale = loader.stale_layouts(bpf, self.opts.bpffs_path)
+        if stale:
+            bpf.cleanup()
+            if not for_setup:
+                raise DriverError(NAME, f"pinned maps {', '.join(stale)} in "
+                                  f"{self.opts.bpffs_path} have another layout (an earlier "
+                                  "version): restart the agent, which replaces them")
+            log.warning("%s: replacing pinned maps of another layout: %s", NAME,
+                        ", ".join(stale))
+            loader.unpin_maps(self.opts.bpffs_path, tuple(stale))
+            bpf = loader.compile_program(self.opts.bpffs_path, self.opts.macros())
+        self._bpf = bpf
         self._maps = KernelMaps(self._bpf)
 
     def _adopt(self, image: NodePortImage) -> None:

@@ -33,6 +33,23 @@ def compile_program(pin_dir: str, macros: Mapping[str, int]) -> Any:
     return ebpf.compile_program(DRIVER, "nodeport.c", pin_dir, macros)
 
 
+def stale_layouts(bpf: Any, pin_dir: str) -> list[str]:
+    """Pinned maps whose key or value size differs from the compiled program's (bcc
+    opens a pin whatever its layout)."""
+    from lbcore_socklb import bpfsys
+
+    stale = []
+    for name in MAP_NAMES:
+        path = os.path.join(pin_dir, name)
+        if not os.path.exists(path):
+            continue
+        info, table = bpfsys.pinned_map_info(path), bpf[name.encode()]
+        if (info.key_size, info.value_size) != (ctypes.sizeof(table.Key),
+                                                ctypes.sizeof(table.Leaf)):
+            stale.append(name)
+    return stale
+
+
 def load_functions(bpf: Any) -> dict[str, Any]:
     from bcc import BPF
 

@@ -142,9 +142,10 @@ enum {
 	LBN_TCP_CLOSED = 4,  /* both sent FIN, or an RST: the SNAT port may serve a new flow */
 };
 
-/* Which side's FIN an entry has seen (fins). */
-#define LBN_FIN_CLIENT 0x1
-#define LBN_FIN_BACKEND 0x2
+/* How an entry's flow has been closed (fins). */
+#define LBN_FIN_CLIENT 0x1        /* the client sent FIN */
+#define LBN_FIN_BACKEND 0x2       /* the backend sent FIN */
+#define LBN_FIN_RST 0x4           /* either side sent RST */
 
 /* peer_dir: where the other direction's entry is (0: not on this node). */
 #define LBN_PEER_NONE 0
@@ -164,6 +165,8 @@ struct lbn_ct_val {
 	__u8 fins;        /* LBN_FIN_* */
 	__u8 peer_dir;    /* LBN_PEER_* */
 	__u8 pad[3];
+	__u32 seq_end;    /* host order: the client's next sequence number after its FIN */
+	__u32 ts_end;     /* host order: the TSval of the client's FIN (0: no timestamps) */
 };
 
 #endif /* LBCORE_NODEPORT_H */
