@@ -26,6 +26,7 @@
 
 #include "lbcore/nodeport.h"
 #include "lbcore/nat.h"
+#include "lbcore/icmp.h"
 
 #ifndef LBCORE_PIN_DIR
 #error "LBCORE_PIN_DIR must name the bpffs directory for the pinned maps"
@@ -129,14 +130,6 @@ static __always_inline int lbn_ct_live(const struct lbn_ct_val *ct, const struct
 		return 0;
 	return 1;
 }
-
-/* A packet's tuple after translation by its entry. */
-struct lbn_tuple {
-	struct lb_addr src;
-	struct lb_addr dst;
-	__be16 sport;
-	__be16 dport;
-};
 
 static __always_inline void lbn_translated(struct lbn_tuple *t, const struct lbn_pkt *p,
 					   const struct lbn_ct_val *ct)
@@ -571,10 +564,62 @@ static __always_inline int lbn_dsr_deliver(struct __sk_buff *skb, struct lbn_pkt
 	return TC_ACT_OK;
 }
 
+/*
+ * An ICMP error about a translated flow (fragmentation needed / packet too big,
+ * unreachable, time exceeded) is translated like the flow, so PMTU discovery and
+ * errors work through the NodePort. The quoted packet S->D was sent by the flow's
+ * other direction; the entry of D->S says what that direction's packets become, so
+ * the quote is turned back into what its sender sent, and the error goes to it. An
+ * error from the quoted destination itself gets its translated address as source.
+ * Errors about DSR flows (the quote is not ours to map back) pass untouched.
+ */
 static __always_inline int lbn_icmp_error(struct __sk_buff *skb, struct lbn_pkt *p, __u8 dir,
 					  __u64 now)
 {
-	return TC_ACT_OK;
+	struct lbn_ct_key *key;
+	struct lbn_tuple t, quoted;
+	struct lbn_ct_val *ct;
+	struct lb_addr osrc;
+	struct lbn_scratch *s;
+	struct lbn_pkt *q;
+	__u32 zero = 0;
+	int forward;
+
+	if (!lbn_icmp_is_error(p))
+		return TC_ACT_OK;
+	s = lbn_scratch.lookup(&zero);
+	if (!s)
+		return TC_ACT_OK;
+	q = &s->inner;
+	__builtin_memset(q, 0, sizeof(*q));
+	if (lbn_icmp_quoted(skb, p, q) < 0)
+		return TC_ACT_OK;
+	key = &s->rkey;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->src = q->key.dst;
+	key->sport = q->key.dport;
+	key->dst = q->key.src;
+	key->dport = q->key.sport;
+	key->proto = q->key.proto;
+	key->dir = dir;
+	ct = lbn_ct.lookup(key);
+	if (!ct || ct->expires <= now || ct->action == LBN_ACT_DSR)
+		return TC_ACT_OK;
+	t.src = (ct->flags & LBN_CT_F_SNAT) ? ct->to_src : key->src;
+	t.sport = (ct->flags & LBN_CT_F_SNAT) ? ct->to_sport : key->sport;
+	t.dst = (ct->flags & LBN_CT_F_DNAT) ? ct->to_dst : key->dst;
+	t.dport = (ct->flags & LBN_CT_F_DNAT) ? ct->to_dport : key->dport;
+	quoted.src = t.dst;
+	quoted.sport = t.dport;
+	quoted.dst = t.src;
+	quoted.dport = t.sport;
+	osrc = lb_addr_equal(&p->key.src, &q->key.dst) ? t.src : p->key.src;
+	forward = dir == LBN_DIR_INGRESS && ct->action == LBN_ACT_REDIRECT;
+	if (lbn_icmp_rewrite(skb, p, q, &quoted, &osrc, &t.dst, forward) < 0)
+		return TC_ACT_SHOT;
+	if (!forward)
+		return TC_ACT_OK;
+	return lbn_fib_redirect(skb, p->family, &osrc, &t.dst);
 }
 
 /* ----------------------------------------------------------------- entry points */

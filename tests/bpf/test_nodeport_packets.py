@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 
 pytest.importorskip("scapy")
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
 from scapy.layers.l2 import Ether
 
 from lbcore_tcnodeport import loader
@@ -123,13 +123,15 @@ def udp(src, sport, dst, dport, payload=b"query"):
 def rebuilt(pkt) -> bytes:
     """``pkt`` with every checksum (and length) recomputed by scapy."""
     p = pkt.copy()
-    for layer in (IP, TCP, UDP):
+    for layer in (IP, TCP, UDP, ICMP):
         if layer in p:
             del p[layer].chksum
             if layer is IP:
                 del p[IP].len
     if IPv6 in p:
         del p[IPv6].plen
+    if ICMPv6DestUnreach in p:
+        del p[ICMPv6DestUnreach].cksum
     return bytes(p.__class__(bytes(p)))
 
 
@@ -341,3 +343,60 @@ def test_maglev_is_a_function_of_the_tuple(dp):
     for cport in range(46100, 46140):
         spread.add(dp.run("ingress", tcp(a["client"], cport, a["node"], 30084))[0])
     assert spread == {TC_ACT_OK, TC_ACT_REDIRECT}  # both backends get flows
+
+
+def test_icmp_frag_needed_from_the_backend_path_reaches_the_client(dp):
+    """SNAT flow: a router between this node and the backend's says the translated
+    packet is too big; the client gets the error about the packet it sent."""
+    a = A[4]
+    router = "172.18.0.3"
+    verdict, out = dp.run("ingress", tcp(a["client"], 47001, a["node"], 30081))
+    sent = l3(out)
+    assert verdict == TC_ACT_REDIRECT
+    error = ETH / IP(src=router, dst=a["node"]) / ICMP(type=3, code=4, nexthopmtu=1400) / \
+        bytes(sent)[:48]
+    verdict, out = dp.run("ingress", Ether(bytes(error)))
+    assert verdict == TC_ACT_REDIRECT
+    original = IP(bytes(tcp(a["client"], 47001, a["node"], 30081, ttl=63))[14:])
+    want = ETH / IP(src=router, dst=a["client"], ttl=63) / \
+        ICMP(type=3, code=4, nexthopmtu=1400) / bytes(original)[:48]
+    assert out == rebuilt(want)
+    assert ICMP in Ether(out) and Ether(out)[ICMP].chksum == Ether(rebuilt(want))[ICMP].chksum
+
+
+def test_icmp_error_about_a_reply_reaches_the_local_backend(dp):
+    """PMTU of the server's direction: a router near the client tells the frontend
+    (the reply's source); the pod that sent the reply gets the error."""
+    a = A[4]
+    router = "192.0.2.1"
+    dp.run("ingress", tcp(a["client"], 47002, a["node"], 30080))
+    reply = IP(bytes(tcp(a["node"], 30080, a["client"], 47002, flags="SA"))[14:])
+    error = ETH / IP(src=router, dst=a["node"]) / ICMP(type=3, code=4, nexthopmtu=1280) / \
+        bytes(reply)
+    verdict, out = dp.run("ingress", Ether(bytes(error)))
+    assert verdict == TC_ACT_OK  # the stack delivers it to the pod
+    sent = IP(bytes(tcp(a["local"], 8080, a["client"], 47002, flags="SA"))[14:])
+    want = ETH / IP(src=router, dst=a["local"]) / ICMP(type=3, code=4, nexthopmtu=1280) / \
+        bytes(sent)
+    assert out == rebuilt(want)
+
+
+def test_icmpv6_port_unreachable_from_the_backend_comes_from_the_frontend(dp):
+    a = A[6]
+    dp.run("ingress", udp(a["client"], 47003, a["node"], 30053))
+    got = IPv6(bytes(udp(a["client"], 47003, a["local"], 53))[14:])
+    error = ETH / IPv6(src=a["local"], dst=a["client"]) / ICMPv6DestUnreach(code=4) / bytes(got)
+    verdict, out = dp.run("egress", Ether(bytes(error)))
+    assert verdict == TC_ACT_OK
+    sent = IPv6(bytes(udp(a["client"], 47003, a["node"], 30053))[14:])
+    want = ETH / IPv6(src=a["node"], dst=a["client"]) / ICMPv6DestUnreach(code=4) / bytes(sent)
+    assert out == rebuilt(want)
+    assert Ether(out)[ICMPv6DestUnreach].cksum == Ether(rebuilt(want))[ICMPv6DestUnreach].cksum
+
+
+def test_icmp_errors_of_no_flow_are_left_alone(dp):
+    a = A[4]
+    quote = IP(src=a["node"], dst=a["remote"]) / UDP(sport=1, dport=2)
+    error = Ether(bytes(ETH / IP(src="172.18.0.3", dst=a["node"]) / ICMP(type=3, code=3) /
+                        bytes(quote)))
+    assert dp.run("ingress", error) == (TC_ACT_OK, bytes(error))

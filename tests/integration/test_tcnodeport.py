@@ -261,3 +261,26 @@ def test_map_pressure_reads_entries_in_use_from_the_kernel(env):
         whoami(lab, nl, 30081)
     used, size = d.map_pressure()["lbn_ct"]
     assert (used, size) == (6, d.opts.sizes["ct_map_max"])  # 3 flows x 2 directions
+
+
+def test_pmtu_discovery_through_a_snat_nodeport(env):
+    """The backend's node forwards to the pod over a 1400-byte link while the pod
+    announces MSS 1460: its ICMP 'fragmentation needed' goes to node 0 (the SNAT
+    source) about the translated packet, and reaches the client only if translated
+    back. Without that the upload stalls: full-sized segments keep being dropped."""
+    lab, nl, agents = env
+    agents.start("snat")
+    node1 = nl.nodes[1]
+    link = "lxc1x0"  # node 1's side of the pod's veth
+    node1.ns.ip("link", "set", "dev", link, "mtu", "1400")
+    try:
+        r = lab.run(nl.client, [sys.executable, "-c", SEND, nl.nodes[0].ip, "30202",
+                                str(4 * 1024 * 1024)], timeout=30)
+        assert r.returncode == 0, r.stderr
+        sent, received = r.stdout.split()[:2]
+        assert sent == received
+        route = lab.run(nl.client, ["ip", "route", "get", nl.nodes[0].ip]).stdout
+        assert "mtu 1400" in route, route  # the client learnt the path MTU
+    finally:
+        node1.ns.ip("link", "set", "dev", link, "mtu", "1500")
+        lab.run(nl.client, ["ip", "route", "flush", "cache"])

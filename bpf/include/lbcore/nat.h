@@ -75,7 +75,7 @@ static __always_inline int lbn_rewrite(struct __sk_buff *skb, const struct lbn_p
 			return -1;
 		diff = lbn_csum_diff(from, to, 2);
 	} else {
-		if (lbn_rewrite_l3_6(skb, p, src, dst, ttl) < 0)
+		if (lbn_rewrite_l3_6(skb, p, src, dst, ttl, BPF_F_RECOMPUTE_CSUM) < 0)
 			return -1;
 		diff = lbn_csum_diff(p->key.src.words, src->words, 4) +
 		       lbn_csum_diff(p->key.dst.words, dst->words, 4);

@@ -45,9 +45,9 @@ static __always_inline int lbn_parse4(struct __sk_buff *skb, __u32 l3, struct lb
 		return -1;
 	if (bpf_skb_load_bytes(skb, p->l4, &p->key.sport, 4) < 0)
 		return -1;
-	if (ip.protocol == IPPROTO_TCP &&
-	    bpf_skb_load_bytes(skb, p->l4 + 13, &p->tcp_flags, 1) < 0)
-		return -1;
+	/* A TCP header cut short (the quote in an ICMP error) has no flags: 0. */
+	if (ip.protocol == IPPROTO_TCP)
+		bpf_skb_load_bytes(skb, p->l4 + 13, &p->tcp_flags, 1);
 	return 0;
 }
 

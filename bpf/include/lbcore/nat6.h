@@ -75,8 +75,8 @@ static __always_inline int lbn_parse6(struct __sk_buff *skb, __u32 l3, struct lb
 		return -1;
 	if (bpf_skb_load_bytes(skb, off, &p->key.sport, 4) < 0)
 		return -1;
-	if (nexthdr == IPPROTO_TCP && bpf_skb_load_bytes(skb, off + 13, &p->tcp_flags, 1) < 0)
-		return -1;
+	if (nexthdr == IPPROTO_TCP) /* cut short (an ICMP error's quote): no flags */
+		bpf_skb_load_bytes(skb, off + 13, &p->tcp_flags, 1);
 	return 0;
 }
 
@@ -86,10 +86,14 @@ struct lbn_ip6_addrs {
 	struct lb_addr daddr;
 };
 
-/* New addresses (and hop limit) into the IPv6 header; the caller updates the L4 sum. */
+/*
+ * New addresses (and hop limit) into the IPv6 header; the caller updates the L4 sum.
+ * ``addr_flags``: BPF_F_RECOMPUTE_CSUM when the L4 update is a pseudo-header one (see
+ * above), 0 when the caller's own checksum arithmetic keeps skb->csum (ICMPv6).
+ */
 static __always_inline int lbn_rewrite_l3_6(struct __sk_buff *skb, const struct lbn_pkt *p,
 					    const struct lb_addr *src, const struct lb_addr *dst,
-					    __u8 hop_limit)
+					    __u8 hop_limit, __u64 addr_flags)
 {
 	struct lbn_ip6_addrs a;
 
@@ -102,7 +106,7 @@ static __always_inline int lbn_rewrite_l3_6(struct __sk_buff *skb, const struct 
 	a.saddr = *src;
 	a.daddr = *dst;
 	return bpf_skb_store_bytes(skb, p->l3 + offsetof(struct ipv6hdr, saddr), &a, sizeof(a),
-				   BPF_F_RECOMPUTE_CSUM);
+				   addr_flags);
 }
 
 /* The outer header of an IPv6-in-IPv6 packet from ``src`` to ``dst`` carrying ``p``. */

@@ -49,6 +49,14 @@ struct lbn_pkt {
 	__u8 pad[3];
 };
 
+/* A packet's tuple after translation. */
+struct lbn_tuple {
+	struct lb_addr src;
+	struct lb_addr dst;
+	__be16 sport;
+	__be16 dport;
+};
+
 static __always_inline __u32 lbn_csum_add(__u32 sum, __be32 word)
 {
 	return sum + (word & 0xffff) + (word >> 16);
