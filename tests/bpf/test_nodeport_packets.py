@@ -18,6 +18,7 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
 from scapy.layers.l2 import Ether
 
 from lbcore_tcnodeport import loader
+from lbcore_tcnodeport.conntrack import ConntrackTable
 from lbcore_tcnodeport.image import Allocators, NodePortImage, dsr_ports, render_entry
 from lbcore_tcnodeport.lab import LabNode, LabPod, frontend
 from lbcore_tcnodeport.maps import KernelMaps
@@ -400,3 +401,28 @@ def test_icmp_errors_of_no_flow_are_left_alone(dp):
     error = Ether(bytes(ETH / IP(src="172.18.0.3", dst=a["node"]) / ICMP(type=3, code=3) /
                         bytes(quote)))
     assert dp.run("ingress", error) == (TC_ACT_OK, bytes(error))
+
+
+def test_flush_of_removed_backends_drops_both_directions_udp_always_tcp_by_option(dp):
+    a = A[4]
+    dp.maps.ct.clear()
+    dp.run("ingress", udp(a["client"], 48001, a["node"], 30053))       # local UDP
+    dp.run("ingress", tcp(a["client"], 48002, a["node"], 30081))       # SNAT TCP
+    inner = IP(src=a["client"], dst=a["other"], ttl=63) / TCP(sport=48003, dport=30090)
+    dp.run("ingress", Ether(bytes(ETH / IP(src=a["other"], dst=a["local"], proto=4) / inner)))
+    image = dp.maps.read_image(M)
+    table = ConntrackTable(dp.maps.ct)
+
+    def pair(port, backend_ip, proto="TCP"):
+        fe = next(f for f in image.services if f.port == port and f.protocol == proto
+                  and ":" not in f.ip)
+        bid = next(b for b in image.services[fe].slots if image.backends[b].ip == backend_ip)
+        return fe, bid, image.backends[bid]
+
+    pairs = [pair(30053, a["local"], "UDP"), pair(30081, a["remote"]), pair(30090, a["local"])]
+    assert len(table.flows()) == 5  # 2 + 2 + 1 (the DSR delivery entry)
+    assert table.flush_backends(pairs, tcp=False) == 2  # UDP: both directions
+    left = table.flows()
+    assert {f.proto for f in left} == {"TCP"} and len(left) == 3
+    assert table.flush_backends(pairs, tcp=True) == 3  # SNAT flow + its port, DSR entry
+    assert table.flows() == []
