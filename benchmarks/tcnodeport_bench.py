@@ -3,7 +3,7 @@ the backend directly: one lab, one run, the paths interleaved, repeated.
 
     sudo .venv/bin/python benchmarks/tcnodeport_bench.py [--reps 3] [--seconds 3]
         [--backend remote|local] [--paths direct,iptables,tcnodeport-snat,tcnodeport-dsr]
-        [--json out.json]
+        [--metrics crr,rr,tput] [--json out.json]
 
 Lab: ``lbcore_tcnodeport.lab`` (two nodes on a node bridge, an outside client on it).
 Backend: nginx (2 workers) and an iperf3 server in one pod, on node 1 (``remote``: the
@@ -54,11 +54,20 @@ class Samples:
 
 
 class Datapaths:
-    """Switches the lab between the measured datapaths (one at a time)."""
+    """Switches the lab between the measured datapaths (one at a time).
+
+    Between repetitions tcnodeport's filters are detached but its pinned maps kept
+    (one bpffs directory per mode), as a long-running agent keeps its conntrack: the
+    SNAT reservations of closed flows know which backend TIME_WAITs a reused port
+    would meet. ``close`` removes everything at the end.
+    """
 
     def __init__(self, nl: NodePortLab, pod: LabPod) -> None:
         self.nl, self.pod = nl, pod
         self.drivers: list[Driver] = []
+
+    def _tcn_options(self, node, mode: str) -> dict:
+        return self.nl.driver_options(node, mode=mode, bpffs_path=str(node.bpffs / mode))
 
     def _make(self, path: str, node) -> Driver:
         if path == "iptables":
@@ -67,8 +76,7 @@ class Datapaths:
             return IptablesDriver({"netns": node.ns.name}, node.info)
         from lbcore_tcnodeport.driver import TcNodePortDriver
 
-        mode = path.split("-")[1]
-        return TcNodePortDriver(self.nl.driver_options(node, mode=mode), node.info)
+        return TcNodePortDriver(self._tcn_options(node, path.split("-")[1]), node.info)
 
     def up(self, path: str) -> tuple[str, int, int]:
         """Program ``path`` on every node; returns (host, http port, iperf3 port)."""
@@ -84,9 +92,24 @@ class Datapaths:
         return self.nl.nodes[0].ip, HTTP_NODE_PORT, IPERF_NODE_PORT
 
     def down(self) -> None:
+        from lbcore_tcnodeport import loader
+        from lbcore_tcnodeport.driver import TcNodePortDriver
+
         for d in self.drivers:
-            d.cleanup()
+            if isinstance(d, TcNodePortDriver):
+                loader.detach(list(d.opts.devices), d.opts.netns)
+                d.close()
+            else:
+                d.cleanup()
         self.drivers = []
+
+    def close(self) -> None:
+        from lbcore_tcnodeport.driver import TcNodePortDriver
+
+        self.down()
+        for node in self.nl.nodes:
+            for mode in ("snat", "dsr"):
+                TcNodePortDriver(self._tcn_options(node, mode), node.info).cleanup()
 
 
 def measure(lab: NetLab, nl: NodePortLab, target: tuple[str, int, int], metric: str,
@@ -123,28 +146,37 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[Samp
         nl.client.add_route(f"{pod.ip}/32", via=backend_node.ip)
         script = tools.wrk_script(lab.run_dir)
         dps = Datapaths(nl, pod)
-        paths = list(args.paths)
-        for rep in range(args.reps):
-            order = paths[rep % len(paths):] + paths[:rep % len(paths)]
-            for path in order:
-                progress(f"rep {rep + 1}/{args.reps}: {path}")
-                try:
-                    target = dps.up(path)
-                    if args.warmup:
-                        measure(lab, nl, target, "rr", argparse.Namespace(
-                            **{**vars(args), "seconds": 1}), script)
-                    for metric in METRICS:
-                        load1 = os.getloadavg()[0]
-                        value = measure(lab, nl, target, metric, args, script)
-                        samples.add(path, metric, value, load1)
-                        progress(f"  {path} {METRICS[metric]} {value:.2f} (load {load1:.2f})")
-                except Exception as exc:  # keep the other paths' figures
-                    samples.errors.append(f"rep {rep + 1} {path}: {exc}")
-                    progress(f"  error: {exc}")
-                finally:
-                    dps.down()
+        try:
+            measure_all(lab, nl, dps, args, script, samples, progress)
+        finally:
+            dps.close()
     machine["loadavg_end"] = list(os.getloadavg())
     return samples, machine
+
+
+def measure_all(lab: NetLab, nl: NodePortLab, dps: Datapaths, args: argparse.Namespace,
+                script, samples: Samples, progress: Callable[[str], None]) -> None:
+    """Repetitions of every path, the order rotated per repetition."""
+    paths = list(args.paths)
+    for rep in range(args.reps):
+        order = paths[rep % len(paths):] + paths[:rep % len(paths)]
+        for path in order:
+            progress(f"rep {rep + 1}/{args.reps}: {path}")
+            try:
+                target = dps.up(path)
+                if args.warmup:
+                    measure(lab, nl, target, "rr", argparse.Namespace(
+                        **{**vars(args), "seconds": 1}), script)
+                for metric in args.metrics:
+                    load1 = os.getloadavg()[0]
+                    value = measure(lab, nl, target, metric, args, script)
+                    samples.add(path, metric, value, load1)
+                    progress(f"  {path} {METRICS[metric]} {value:.2f} (load {load1:.2f})")
+            except Exception as exc:  # keep the other paths' figures
+                samples.errors.append(f"rep {rep + 1} {path}: {exc}")
+                progress(f"  error: {exc}")
+            finally:
+                dps.down()
 
 
 def report(samples: Samples, machine: dict, args: argparse.Namespace) -> str:
@@ -163,7 +195,8 @@ def report(samples: Samples, machine: dict, args: argparse.Namespace) -> str:
         for metric in METRICS:
             s = tools.summary(samples.values.get((path, metric), []))
             loads += samples.loads.get((path, metric), [])
-            row += (f"{s['median']:>10.2f} ({s['min']:.2f}-{s['max']:.2f})".rjust(26)
+            f = ".2f" if metric == "tput" else ".0f"
+            row += (f"{s['median']:{f}} ({s['min']:{f}}-{s['max']:{f}})".rjust(26)
                     if s["n"] else f"{'-':>26}")
         row += f"{statistics.median(loads):>12.2f}" if loads else ""
         lines.append(row)
@@ -191,13 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", choices=["remote", "local"], default="remote")
     ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--metrics", default=",".join(METRICS),
+                    help=f"comma-separated, from {','.join(METRICS)}")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
     ap.add_argument("--json", help="also write the samples here")
     args = ap.parse_args(argv)
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    bad = set(args.paths) - set(PATHS)
+    args.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    bad = (set(args.paths) - set(PATHS)) | (set(args.metrics) - set(METRICS))
     if bad or args.reps < 1:
-        ap.error(f"--paths: unknown {sorted(bad)} (valid: {', '.join(PATHS)}); --reps >= 1")
+        ap.error(f"unknown {sorted(bad)} (--paths: {', '.join(PATHS)}; --metrics: "
+                 f"{', '.join(METRICS)}); --reps >= 1")
     samples, machine = run(args, lambda msg: print(msg, file=sys.stderr, flush=True))
     print(report(samples, machine, args))
     if args.json:

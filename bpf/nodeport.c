@@ -63,10 +63,19 @@ BPF_PERCPU_ARRAY(lbn_scratch, struct lbn_scratch, 1);
 
 /* ------------------------------------------------------------- connection tracking */
 
-static __always_inline __u64 lbn_ct_life(__u8 proto, __u8 state)
+/*
+ * How long an entry lives after a packet of its flow. A closed flow's SNAT reservation
+ * outlives the backend's TIME_WAIT (60 s on Linux): while it is there, a new flow gets
+ * the port only if its SYN passes that TIME_WAIT (lbn_snat_reusable); once it is gone
+ * the port counts as free.
+ */
+static __always_inline __u64 lbn_ct_life(const struct lbn_ct_val *ct, __u8 proto, __u8 state)
 {
 	if (proto != IPPROTO_TCP)
 		return LBN_CT_UDP_TIMEOUT * LBN_NSEC;
+	if (state == LBN_TCP_CLOSED && (ct->flags & LBN_CT_F_REPLY) &&
+	    ct->action == LBN_ACT_REDIRECT)
+		return LBN_CT_TIME_WAIT_TIMEOUT * LBN_NSEC;
 	if (state >= LBN_TCP_CLOSING)
 		return LBN_CT_CLOSE_TIMEOUT * LBN_NSEC;
 	if (state == LBN_TCP_ESTABLISHED)
@@ -106,7 +115,7 @@ static __always_inline void lbn_ct_refresh(struct lbn_ct_val *ct, const struct l
 
 	if (p->key.proto == IPPROTO_TCP)
 		state = lbn_tcp_next(ct->tcp_state, &fins, p->tcp_flags, fin);
-	expires = now + lbn_ct_life(p->key.proto, state);
+	expires = now + lbn_ct_life(ct, p->key.proto, state);
 	if (state != ct->tcp_state || fins != ct->fins || expires > ct->expires + LBN_NSEC) {
 		ct->tcp_state = state;
 		ct->fins = fins;
@@ -231,8 +240,7 @@ static __always_inline void lbn_ct_tell_peer(struct __sk_buff *skb, const struct
 		pv->seq_end = end.seq;
 		pv->ts_end = end.ts;
 	}
-	if (pv->expires > now + LBN_CT_CLOSE_TIMEOUT * LBN_NSEC)
-		pv->expires = now + LBN_CT_CLOSE_TIMEOUT * LBN_NSEC;
+	pv->expires = now + lbn_ct_life(pv, p->key.proto, pv->tcp_state);
 }
 
 /* ---------------------------------------------------------------------- forwarding */

@@ -24,6 +24,7 @@ MACRO_OPTIONS = {
     "ct_tcp_timeout": ("LBN_CT_TCP_TIMEOUT", 21600),
     "ct_syn_timeout": ("LBN_CT_SYN_TIMEOUT", 60),
     "ct_close_timeout": ("LBN_CT_CLOSE_TIMEOUT", 10),
+    "ct_time_wait_timeout": ("LBN_CT_TIME_WAIT_TIMEOUT", 120),
     "ct_udp_timeout": ("LBN_CT_UDP_TIMEOUT", 60),
 }
 # Outside Linux's default ephemeral range (32768-60999) and the NodePort range.

@@ -41,6 +41,9 @@
 #ifndef LBN_CT_CLOSE_TIMEOUT
 #define LBN_CT_CLOSE_TIMEOUT 10 /* seconds: after FIN or RST */
 #endif
+#ifndef LBN_CT_TIME_WAIT_TIMEOUT
+#define LBN_CT_TIME_WAIT_TIMEOUT 120 /* seconds: a closed flow's SNAT port reservation */
+#endif
 #ifndef LBN_CT_UDP_TIMEOUT
 #define LBN_CT_UDP_TIMEOUT 60 /* seconds: UDP since the last packet */
 #endif
