@@ -46,11 +46,22 @@ HTTP_NODE_PORT, IPERF_NODE_PORT, IPERF_PORT = 30080, 30201, 5201
 class Samples:
     values: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     loads: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    reps: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
-    def add(self, path: str, metric: str, value: float, load1: float) -> None:
+    def add(self, path: str, metric: str, value: float, load1: float, rep: int) -> None:
         self.values.setdefault((path, metric), []).append(value)
         self.loads.setdefault((path, metric), []).append(load1)
+        self.reps.setdefault((path, metric), []).append(rep)
+
+    def paired_ratios(self, path: str, base: str, metric: str) -> list[float]:
+        """path / base within each repetition (measured minutes apart at most): the
+        drift of a shared machine's load cancels better than in a ratio of medians."""
+        mine = dict(zip(self.reps.get((path, metric), []), self.values.get((path, metric), []),
+                        strict=True))
+        theirs = dict(zip(self.reps.get((base, metric), []),
+                          self.values.get((base, metric), []), strict=True))
+        return [mine[r] / theirs[r] for r in sorted(set(mine) & set(theirs)) if theirs[r]]
 
 
 class Datapaths:
@@ -170,7 +181,7 @@ def measure_all(lab: NetLab, nl: NodePortLab, dps: Datapaths, args: argparse.Nam
                 for metric in args.metrics:
                     load1 = os.getloadavg()[0]
                     value = measure(lab, nl, target, metric, args, script)
-                    samples.add(path, metric, value, load1)
+                    samples.add(path, metric, value, load1, rep)
                     progress(f"  {path} {METRICS[metric]} {value:.2f} (load {load1:.2f})")
             except Exception as exc:  # keep the other paths' figures
                 samples.errors.append(f"rep {rep + 1} {path}: {exc}")
@@ -200,7 +211,7 @@ def report(samples: Samples, machine: dict, args: argparse.Namespace) -> str:
                     if s["n"] else f"{'-':>26}")
         row += f"{statistics.median(loads):>12.2f}" if loads else ""
         lines.append(row)
-    lines.append("ratios of the medians:")
+    lines.append("ratios: of the medians; per repetition (paired), median (min-max)")
     for path in args.paths:
         for base in ("direct", "iptables"):
             if path in ("direct", base):
@@ -208,8 +219,10 @@ def report(samples: Samples, machine: dict, args: argparse.Namespace) -> str:
             parts = []
             for metric, unit in METRICS.items():
                 a, b = med(path, metric), med(base, metric)
+                pairs = tools.summary(samples.paired_ratios(path, base, metric))
                 if a is not None and b:
-                    parts.append(f"{unit} {a / b:.2f}x")
+                    parts.append(f"{unit} {a / b:.2f}x; {pairs['median']:.2f}x "
+                                 f"({pairs['min']:.2f}-{pairs['max']:.2f})")
             if parts:
                 lines.append(f"  {path} / {base}: " + ", ".join(parts))
     lines += [f"error: {e}" for e in samples.errors]
@@ -242,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"args": {k: v for k, v in vars(args).items() if k != "json"},
                        "machine": machine, "time": time.time(), "errors": samples.errors,
                        "samples": [{"path": p, "metric": m, "values": v,
-                                    "load1": samples.loads[(p, m)]}
+                                    "load1": samples.loads[(p, m)],
+                                    "rep": samples.reps[(p, m)]}
                                    for (p, m), v in samples.values.items()]}, f, indent=1)
     return 1 if samples.errors else 0
 
