@@ -16,8 +16,11 @@ measured: connection rate (wrk ``Connection: close``, a new TCP connection per
 request), request rate (wrk keep-alive), throughput (iperf3, one stream); then torn
 down (``cleanup``), so two datapaths never coexist. The order of the paths rotates per
 repetition. Netfilter (the legacy nat table, so conntrack) is loaded on every node from
-the start, for every path alike, as on a real node. The load average is recorded with
-every sample; the table gives median (min-max) and the ratios of the medians.
+the start, for every path alike, as on a real node. Before each path the backend's
+TIME_WAIT sockets are destroyed, so no path meets another's (see ``Datapaths.up``).
+The load average is recorded with every sample, and the client's SYN retransmissions
+during each conn/s run (connections that waited a retransmission timeout); the table
+gives median (min-max), the ratios of the medians and the ratios paired per repetition.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Samples:
     values: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     loads: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     reps: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    syn_retrans: dict[str, list[int]] = field(default_factory=dict)  # per conn/s run
     errors: list[str] = field(default_factory=list)
 
     def add(self, path: str, metric: str, value: float, load1: float, rep: int) -> None:
@@ -90,7 +94,14 @@ class Datapaths:
         return TcNodePortDriver(self._tcn_options(node, path.split("-")[1]), node.info)
 
     def up(self, path: str) -> tuple[str, int, int]:
-        """Program ``path`` on every node; returns (host, http port, iperf3 port)."""
+        """Program ``path`` on every node; returns (host, http port, iperf3 port).
+
+        The backend's TIME_WAIT sockets are destroyed first (``ss -K``): those of the
+        path measured before would otherwise meet this path's SYNs from the same node
+        address and ports (the iptables driver's MASQUERADE --random-fully uses
+        1024-65535, tcnodeport's SNAT range is inside it), and a SYN a TIME_WAIT
+        refuses by PAWS waits a 1 s retransmission."""
+        self.pod.ns.run(["ss", "-K", "state", "time-wait"])
         if path == "direct":
             return self.pod.ip, 80, IPERF_PORT
         for node in self.nl.nodes:
@@ -121,6 +132,13 @@ class Datapaths:
         for node in self.nl.nodes:
             for mode in ("snat", "dsr"):
                 TcNodePortDriver(self._tcn_options(node, mode), node.info).cleanup()
+
+
+def syn_retransmissions(lab: NetLab, nl: NodePortLab) -> int:
+    """The client's SYN retransmissions so far: each one is a connection that waited
+    its retransmission timeout (a dropped SYN, a SYN a backend's TIME_WAIT refused)."""
+    out = lab.run(nl.client, ["nstat", "-asz", "TcpExtTCPSynRetrans"]).stdout
+    return int(out.split()[-2]) if "TcpExtTCPSynRetrans" in out else 0
 
 
 def measure(lab: NetLab, nl: NodePortLab, target: tuple[str, int, int], metric: str,
@@ -180,8 +198,12 @@ def measure_all(lab: NetLab, nl: NodePortLab, dps: Datapaths, args: argparse.Nam
                         **{**vars(args), "seconds": 1}), script)
                 for metric in args.metrics:
                     load1 = os.getloadavg()[0]
+                    before = syn_retransmissions(lab, nl)
                     value = measure(lab, nl, target, metric, args, script)
                     samples.add(path, metric, value, load1, rep)
+                    if metric == "crr":
+                        samples.syn_retrans.setdefault(path, []).append(
+                            syn_retransmissions(lab, nl) - before)
                     progress(f"  {path} {METRICS[metric]} {value:.2f} (load {load1:.2f})")
             except Exception as exc:  # keep the other paths' figures
                 samples.errors.append(f"rep {rep + 1} {path}: {exc}")
@@ -211,6 +233,8 @@ def report(samples: Samples, machine: dict, args: argparse.Namespace) -> str:
                     if s["n"] else f"{'-':>26}")
         row += f"{statistics.median(loads):>12.2f}" if loads else ""
         lines.append(row)
+    for path, counts in samples.syn_retrans.items():
+        lines.append(f"{path}: client SYN retransmissions per conn/s run {counts}")
     lines.append("ratios: of the medians; per repetition (paired), median (min-max)")
     for path in args.paths:
         for base in ("direct", "iptables"):
@@ -254,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"args": {k: v for k, v in vars(args).items() if k != "json"},
                        "machine": machine, "time": time.time(), "errors": samples.errors,
+                       "syn_retrans": samples.syn_retrans,
                        "samples": [{"path": p, "metric": m, "values": v,
                                     "load1": samples.loads[(p, m)],
                                     "rep": samples.reps[(p, m)]}
