@@ -508,12 +508,14 @@ int lbn_egress(struct __sk_buff *skb)
 	if (lbn_parse(skb, &p) < 0 || p.key.proto == LBN_PROTO_IPIP ||
 	    p.key.proto == LBN_PROTO_IPV6)
 		return TC_ACT_OK;
-	now = bpf_ktime_get_ns();
 	if (p.key.proto == LBN_PROTO_ICMP || p.key.proto == LBN_PROTO_ICMPV6)
-		return lbn_icmp_error(skb, &p, LBN_DIR_EGRESS, now);
+		return lbn_icmp_error(skb, &p, LBN_DIR_EGRESS, bpf_ktime_get_ns());
 	p.key.dir = LBN_DIR_EGRESS;
 	ct = lbn_ct.lookup(&p.key);
-	if (!ct || ct->expires <= now)
+	if (!ct)
+		return TC_ACT_OK; /* most packets: not a translated flow; no clock read */
+	now = bpf_ktime_get_ns();
+	if (ct->expires <= now)
 		return TC_ACT_OK;
 	lbn_ct_refresh(ct, &p, now, lbn_ct_side(ct));
 	lbn_translated(&t, &p, ct);
