@@ -35,7 +35,7 @@ from typing import Any
 from ..lab.agents import Agent, lbcore_in_node
 from ..lab.procs import NetLabError
 from . import tools
-from .env import HARNESS_SERVICES, PROBE_NODE_PORT, BenchCluster, idle_ip
+from .env import PROBE_NODE_PORT, BenchCluster
 
 Held = dict[tuple[str, int, str], frozenset[tuple[str, int]]]  # frontend -> backends
 
@@ -105,17 +105,17 @@ class Readback:
     polls: list[tuple[float, float, int]] = field(default_factory=list)  # start, s, held
 
     @property
-    def resolution_s(self) -> float | None:
+    def last_poll_s(self) -> float | None:
+        """How long the read-back that succeeded took."""
         return self.polls[-1][1] if self.polls else None
 
 
 class ControlProbe:
     """The control-plane figures of one driver at one service count."""
 
-    def __init__(self, bench: BenchCluster, ew: bool, objects: Any) -> None:
+    def __init__(self, bench: BenchCluster, ew: bool) -> None:
         self.b = bench
         self.ew = ew  # True: observe by a client pod -> ClusterIP; else outside -> NodePort
-        self.objects = objects
 
     # ------------------------------------------------------------------ prober
 
@@ -181,7 +181,7 @@ class ControlProbe:
             "probe_answers_s": seen[targets[0]] - t0,
             "sampled": len(targets),
             "held_s": max(w.programmed_s or 0.0 for w in waits),
-            "readback_s": max(w.resolution_s or 0.0 for w in waits),
+            "readback_s": max(w.last_poll_s or 0.0 for w in waits),
             "readback_started_s": t_read - t0,
             "readbacks": {w.node: {"programmed_s": w.programmed_s, "polls": w.polls}
                           for w in waits},
@@ -192,7 +192,8 @@ class ControlProbe:
         if not self.ew:  # outside -> NodePort: the only services such a driver holds
             return [f"{self.b.entry_ip}:{PROBE_NODE_PORT}"]
         probe = f"{self.b.services['probe'].cluster_ip}:80"
-        return [probe, *(f"{idle_ip(i)}:80" for i in sample(count - HARNESS_SERVICES))]
+        idle = self.b.idle[count]
+        return [probe, *(f"{idle[i]}:80" for i in sample(len(idle)))]
 
     def _until_held(self, agent: Agent, want: Held, t0: float, deadline: float) -> Readback:
         out = Readback(agent.node.name)

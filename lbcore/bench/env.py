@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from typing import Any
 import yaml
 
 from ..lab import NetLab
-from ..lab.agents import Agent, lbcore_argv, stop_agents, write_config
+from ..lab.agents import Agent, lbcore_argv, lbcore_in_node, stop_agents, write_config
 from ..lab.cluster import Cluster, ClusterPod
 from ..lab.controller import ServicePortSpec, ServiceSpec, endpoint_slice_docs, service_doc
 from ..lab.netns import Netns
@@ -46,11 +48,18 @@ HARNESS_SERVICES = 3  # web, perf, probe
 RUNNER = {"min_sync_period": 0, "sync_period": 3600}
 
 
-def idle_ip(i: int) -> str:
-    """Idle service ``i``'s ClusterIP: 10.96.128.0 upwards (the harness's three are
-    allocated first and skipped); 10.97.x.y beyond 32,768."""
-    n = 32768 + i
-    return f"10.{96 + n // 65536}.{(n // 256) % 256}.{n % 256}"
+def idle_ips(count: int, taken: Collection[str] = ()) -> list[str]:
+    """ClusterIPs of ``count`` idle services: 10.96.128.0 upwards (10.97.x.y beyond
+    32,768), skipping ``taken`` (the harness services' addresses, which the lab
+    allocates anywhere in 10.96.0.0/16)."""
+    out: list[str] = []
+    n = 32768
+    while len(out) < count:
+        ip = f"10.{96 + n // 65536}.{(n // 256) % 256}.{n % 256}"
+        if ip not in taken:
+            out.append(ip)
+        n += 1
+    return out
 
 
 @dataclass
@@ -63,6 +72,7 @@ class BenchCluster:
     services: dict[str, ServiceSpec]
     files: dict[tuple[int, str], Path] = field(default_factory=dict)
     documents: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # probe -> web-0
+    idle: dict[int, list[str]] = field(default_factory=dict)  # count -> idle ClusterIPs
     agents: list[Agent] = field(default_factory=list)
 
     @property
@@ -126,10 +136,12 @@ class BenchCluster:
         # The idle services select the two backends; their slices name them as pods
         # of namespace idle, as the endpointslice controller would for pods there.
         pods = [dataclasses.replace(p, namespace="idle") for p in self.backends]
+        taken = {ip for svc in self.services.values() for ip in svc.cluster_ips}
+        self.idle[count] = idle_ips(max(0, count - HARNESS_SERVICES), taken)
         idle = []
-        for i in range(max(0, count - HARNESS_SERVICES)):
+        for i, ip in enumerate(self.idle[count]):
             svc = ServiceSpec(f"idle-{i}", {"app": "web"}, (ServicePortSpec(80, 80),),
-                              namespace="idle", cluster_ips=(idle_ip(i),))
+                              namespace="idle", cluster_ips=(ip,))
             idle += [service_doc(svc), *endpoint_slice_docs(svc, pods)]
         dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
         idle_text = yaml.dump_all(idle, Dumper=dumper, sort_keys=False) if idle else ""
@@ -184,9 +196,25 @@ class BenchCluster:
             self.agents.append(agent)
 
     def stop(self) -> list[str]:
-        problems = stop_agents(self.cluster, self.agents, cleanup=True) if self.agents else []
-        self.agents = []
-        return problems
+        """SIGTERM the agents, then ``lbcore cleanup`` each node's datapath; problems
+        that remain after retries are returned."""
+        agents, self.agents = self.agents, []
+        if not agents:
+            return []
+        stop_agents(self.cluster, agents, cleanup=False)
+        with ThreadPoolExecutor(len(agents)) as pool:
+            return [p for p in pool.map(self._cleanup, agents) if p]
+
+    def _cleanup(self, agent: Agent, attempts: int = 4) -> str | None:
+        """Retried: iptables-legacy takes /run/xtables.lock, which every iptables user
+        on the machine shares (other namespaces' too), for 5 s at most per try."""
+        for attempt in range(attempts):
+            r = lbcore_in_node(self.cluster, agent.node, "cleanup", "-c", str(agent.config),
+                               timeout=300)
+            if r.returncode == 0:
+                return None
+            time.sleep(2.0 * (attempt + 1))
+        return f"cleanup {agent.name}: {r.stderr.strip()}"
 
     def rss_mb(self) -> dict[str, float]:
         out = {}

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import LBCoreError
 from . import tools
 from .control import ControlProbe, Held, log_breakdown, plan_of, scaled_timeout
 from .env import IPERF_PORT, PERF_NODE_PORT, WEB_NODE_PORT, BenchCluster
@@ -131,19 +132,27 @@ class Runner:
         paths = ["direct", *self.s.drivers]
         for count in self.s.counts:
             self.advance(f"rendering {count:,} services")
-            self.b.render(count)
-            self.objects = objects_of(self.b.documents.pop(count))
+            try:
+                self.b.render(count)
+                self.objects = objects_of(self.b.documents.pop(count))
+            except (LBCoreError, OSError, ValueError) as exc:  # a harness bug: say so, go on
+                self.r.errors.append(f"{count} services: objects file: {exc}")
+                continue
             for rep in range(self.s.reps):
                 for path in paths:
                     self.advance(f"{count:,} services, rep {rep + 1}/{self.s.reps}: {path}")
                     try:
                         self.one_path(count, rep, path)
-                    except (RuntimeError, ValueError, OSError, KeyError,
+                    except (LBCoreError, RuntimeError, ValueError, OSError, KeyError,
                             subprocess.SubprocessError) as exc:
                         self.r.errors.append(f"{count} services, rep {rep + 1}, {path}: {exc}")
                     finally:
                         problems = self.b.stop()
                         self.r.errors += [f"{path}: {p}" for p in problems]
+                    if problems:  # what follows would run on top of this datapath
+                        self.r.errors.append(f"stopped after {path}: its datapath could "
+                                             "not be removed")
+                        return self.r
         self.r.machine["loadavg_end"] = list(os.getloadavg())
         return self.r
 
@@ -172,11 +181,12 @@ class Runner:
         if key not in self.plans:  # the same for every repetition
             self.plans[key] = {a.node.name: plan_of(a, self.objects) for a in agents}
         ew = self.supports(driver, "ew-rr") is None
-        probe = ControlProbe(self.b, ew, self.objects)
+        if not ew and self.supports(driver, "ns-rr") is not None:
+            raise RuntimeError(f"{driver} carries neither east-west nor north-south traffic: "
+                               "no client of this benchmark can observe it")
+        probe = ControlProbe(self.b, ew)
         first = probe.first_sync(agents, self.plans[key], count, timeout)
-        changes = []
-        if ew or self.supports(driver, "ns-rr") is None:
-            changes = [probe.endpoint_change(count, v, timeout) for v in ("web-1", "web-0")]
+        changes = [probe.endpoint_change(count, v, timeout) for v in ("web-1", "web-0")]
         client_node = self.b.client.node.name
         self.r.control.append({
             "count": count, "rep": rep, "driver": driver, **first,

@@ -10,7 +10,7 @@ import pytest
 
 from lbcore.bench import choose_drivers, control, drivers, parse_args, tools
 from lbcore.bench import report as rep
-from lbcore.bench.env import idle_ip
+from lbcore.bench.env import idle_ips
 from lbcore.driver import Capabilities
 from lbcore.model import FrontendType
 
@@ -117,8 +117,9 @@ def test_options():
         parse_args(["--scenarios", "ew-nope"])
     with pytest.raises(SystemExit):
         parse_args(["--services", "0"])
-    assert idle_ip(0) == "10.96.128.0" and idle_ip(29999) == "10.96.245.47"
-    assert idle_ip(40000) == "10.97.28.64"
+    ips = idle_ips(40001, taken={"10.96.128.1"})
+    assert ips[:2] == ["10.96.128.0", "10.96.128.2"] and len(set(ips)) == 40001
+    assert ips[29999] == "10.96.245.48" and ips[40000] == "10.97.28.65"
 
 
 def test_every_installed_driver_runs_by_default_with_what_its_capabilities_carry():
