@@ -104,7 +104,8 @@ def test_plots_written(tmp_path):
 
     files = plots.write_plots(rep.summarize(RESULTS), tmp_path)
     names = sorted(p.rsplit("/", 1)[1] for p in files)
-    assert names == ["bench-ew-vs-services.png", "bench-ratio-to-direct.png"]
+    assert names == ["bench-control-vs-services.png", "bench-ew-vs-services.png",
+                     "bench-ratio-to-direct.png"]
     assert all((tmp_path / n).read_bytes()[:4] == b"\x89PNG" for n in names)
 
 
