@@ -135,6 +135,7 @@ class Runner:
             try:
                 self.b.render(count)
                 self.objects = objects_of(self.b.documents.pop(count))
+                self.plans.clear()  # the previous count's: no longer needed
             except (LBCoreError, OSError, ValueError) as exc:  # a harness bug: say so, go on
                 self.r.errors.append(f"{count} services: objects file: {exc}")
                 continue
