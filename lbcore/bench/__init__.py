@@ -5,9 +5,11 @@ driver programmed by its real agents (``lbcore run`` per node, file source); a d
 baseline (the same clients to the same backends, round-robin, no translation) measured
 in the same run, interleaved with the drivers. See docs/benchmarks.md.
 
-Modules: :mod:`.env` (cluster, services, agents, control-plane probe), :mod:`.tools`
-(wrk/iperf3/prober), :mod:`.runner` (the interleaved loop), :mod:`.report` (summary,
-rich table, Markdown, JSON), :mod:`.plots` (PNG).
+Modules: :mod:`.drivers` (which drivers, which traffic each carries), :mod:`.env`
+(cluster, services, objects files, agents), :mod:`.control` (control-plane figures,
+observed from the kernel), :mod:`.tools` (wrk/iperf3/prober), :mod:`.runner` (the
+interleaved loop), :mod:`.report` (summary, rich table, Markdown, JSON), :mod:`.plots`
+(PNG).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from pathlib import Path
 
 QUICK = {"counts": "100", "reps": 1, "duration": 1.0, "tput_duration": 1.0,
          "warmup": 0.0}
-DEFAULT_DRIVERS = ("socklb", "iptables", "tcnodeport")
 
 
 def _csv(text: str) -> list[str]:
@@ -35,13 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lbcore bench", description=(
         "A/B benchmark of datapaths: drivers interleaved with a direct baseline, "
         "median of repetitions, JSON + Markdown + PNG plots."))
-    p.add_argument("--drivers", default=",".join(DEFAULT_DRIVERS),
-                   help="comma-separated drivers (default: every built-in one that loads)")
+    p.add_argument("--drivers", default="",
+                   help="comma-separated drivers (default: every installed driver, "
+                        "built-in or plugin, that loads; see `lbcore drivers`)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help=f"comma-separated, from {','.join(SCENARIOS)}")
     p.add_argument("--services", default="1,1000",
-                   help="service counts (the issue's full list: 1,1000,10000,30000; "
-                        "see docs/benchmarks.md for what 10,000+ cost)")
+                   help="service counts, e.g. 1,1000,10000,30000 (see docs/benchmarks.md "
+                        "for the time 10,000+ take)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per figure (>= 3)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
     p.add_argument("--tput-duration", type=float, default=3.0, help="seconds per iperf3 run")
@@ -73,6 +75,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def choose_drivers(requested: str, skipped: dict[str, str]
+                   ) -> tuple[list[str], dict[str, dict[str, str | None]]]:
+    """The drivers to run (``requested``, default every installed one) and what traffic
+    each carries; drivers that do not load go to ``skipped`` with the reason. Raises
+    ValueError for a name that is not installed."""
+    from . import drivers as d
+
+    installed = d.installed()
+    names = _csv(requested) or installed
+    unknown = [n for n in names if n not in installed]
+    if unknown:
+        raise ValueError(f"--drivers: {', '.join(unknown)} not installed (installed: "
+                         f"{', '.join(installed) or 'none'}; see `lbcore drivers`)")
+    chosen, support = [], {}
+    for name in dict.fromkeys(names):
+        problem = d.problem(name)
+        if problem:
+            skipped[name] = f"does not load: {problem}"
+            continue
+        chosen.append(name)
+        support[name] = d.support(name, d.capabilities(name))
+    return chosen, support
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -85,31 +111,28 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..demo import driver_problem
     from ..lab import NetLab
     from . import plots, report
+    from .drivers import DIRECTIONS
     from .env import BenchCluster
     from .runner import Results, Runner, Settings, machine_info
 
     console = Console(stderr=True)
     results = Results(settings={}, machine=machine_info())
-    drivers = []
-    for name in _csv(args.drivers):
-        problem = driver_problem(name)
-        if problem:
-            results.skipped[name] = f"does not load: {problem}"
-        else:
-            drivers.append(name)
+    try:
+        drivers, support = choose_drivers(args.drivers, results.skipped)
+    except ValueError as exc:
+        print(f"lbcore bench: {exc}", file=sys.stderr)
+        return 2
     settings = Settings(drivers, _csv(args.scenarios), args.counts, args.reps, args.duration,
-                        args.tput_duration, args.connections, args.threads, args.warmup)
+                        args.tput_duration, args.connections, args.threads, args.warmup,
+                        support)
     results.settings = {**settings.__dict__, "quick": args.quick,
                         "command": "lbcore bench " + shlex.join(argv if argv is not None
                                                                else sys.argv[1:])}
     for d in drivers:
-        for direction, text in (("ew", "east-west"), ("ns", "north-south")):
-            from .env import not_supported
-
-            why = not_supported(d, direction)
+        for direction, text in DIRECTIONS.items():
+            why = support[d][direction]
             if why and any(s.startswith(direction) for s in settings.scenarios):
                 results.skipped[f"{d} {text}"] = why
     start = time.monotonic()
@@ -120,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                        TextColumn("{task.completed}/{task.total}"),
                                        TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("building the lab", total=total)
+            results.machine["lab_id"] = lab.id
             bench = BenchCluster.build(lab)
             first = [True]
 

@@ -11,8 +11,8 @@ client, the measured Services, idle Services, and driver agents switched on and 
 Services: ``web`` (NodePort 80:30080 -> both backends), ``perf`` (iperf3, 5201:30201 ->
 web-0 only: iperf3's control and data connections must reach the same server),
 ``probe`` (80:30090 -> web-0 *or* web-1: the control-plane measurement flips it) and
-``N - 3`` idle ClusterIP services (namespace ``idle``, 2 endpoints each): real objects in
-the objects file that every agent follows, never sent traffic.
+``N - 3`` idle ClusterIP services (namespace ``idle``, the two backends each): real
+objects in the objects file that every agent follows, never sent traffic.
 
 The objects file for each service count is rendered once (two variants: probe -> web-0
 and probe -> web-1) and swapped in atomically, so a change costs the agents exactly what
@@ -21,9 +21,11 @@ a real change of the file source costs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import sys
 import time
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,46 +33,33 @@ from typing import Any
 import yaml
 
 from ..lab import NetLab
-from ..lab.agents import Agent, services_json, start_agents, stop_agents, wait_healthy
+from ..lab.agents import Agent, lbcore_argv, lbcore_in_node, stop_agents, write_config
 from ..lab.cluster import Cluster, ClusterPod
 from ..lab.controller import ServicePortSpec, ServiceSpec, endpoint_slice_docs, service_doc
 from ..lab.netns import Netns
-from . import tools
+from .drivers import AGENT_OPTIONS
 
 OUTSIDE_IP = "172.18.0.250"
 WEB_NODE_PORT, PERF_NODE_PORT, PROBE_NODE_PORT = 30080, 30201, 30090
 IPERF_PORT = 5201
 HARNESS_SERVICES = 3  # web, perf, probe
-
-# Which traffic a driver can carry. East-west: a pod's connect() to a ClusterIP.
-# North-south: a client outside the cluster to nodeIP:NodePort.
-SUPPORT: dict[str, dict[str, str | None]] = {
-    "socklb": {"ew": None, "ns": "socket LB translates connect() of processes in the "
-                                 "attached cgroups; an outside client has no such socket"},
-    "iptables": {"ew": None, "ns": None},
-    "tcnodeport": {"ew": "north-south only (ClusterIP is not in its capabilities)",
-                   "ns": None},
-}
+# kube-proxy's full resync period (its partial syncs follow changes in between): no
+# periodic full sync of 30,000 services lands in the middle of a measurement.
+RUNNER = {"min_sync_period": 0, "sync_period": 3600}
 
 
-def not_supported(driver: str, direction: str) -> str | None:
-    """None if ``driver`` carries ``direction`` traffic (ew|ns), else why not."""
-    return SUPPORT.get(driver, {}).get(direction)
-
-
-def tcnodeport_options(cluster: Cluster, node: Any) -> dict[str, Any]:
-    return {"devices": ["eth0"], "bpffs_path": str(cluster.bpffs / f"{node.name}-tc"),
-            "mode": "snat"}
-
-
-AGENT_OPTIONS = {"tcnodeport": tcnodeport_options}
-
-
-def idle_ip(i: int) -> str:
-    """Idle service ``i``'s ClusterIP: 10.96.128.0 upwards (the harness's three are
-    allocated first and skipped)."""
-    n = 32768 + i
-    return f"10.96.{n // 256}.{n % 256}"
+def idle_ips(count: int, taken: Collection[str] = ()) -> list[str]:
+    """ClusterIPs of ``count`` idle services: 10.96.128.0 upwards (10.97.x.y beyond
+    32,768), skipping ``taken`` (the harness services' addresses, which the lab
+    allocates anywhere in 10.96.0.0/16)."""
+    out: list[str] = []
+    n = 32768
+    while len(out) < count:
+        ip = f"10.{96 + n // 65536}.{(n // 256) % 256}.{n % 256}"
+        if ip not in taken:
+            out.append(ip)
+        n += 1
+    return out
 
 
 @dataclass
@@ -82,6 +71,8 @@ class BenchCluster:
     backends: list[ClusterPod]
     services: dict[str, ServiceSpec]
     files: dict[tuple[int, str], Path] = field(default_factory=dict)
+    documents: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # probe -> web-0
+    idle: dict[int, list[str]] = field(default_factory=dict)  # count -> idle ClusterIPs
     agents: list[Agent] = field(default_factory=list)
 
     @property
@@ -138,23 +129,37 @@ class BenchCluster:
     # ------------------------------------------------------------ objects files
 
     def render(self, count: int) -> None:
-        """Pre-render the objects file for ``count`` services, both probe variants."""
-        pods = list(self.cluster.pods.values())
+        """Pre-render the objects file for ``count`` services, both probe variants.
+
+        The idle services are dumped once (libyaml); the variants differ only in the
+        harness's documents at the top of the file."""
+        # The idle services select the two backends; their slices name them as pods
+        # of namespace idle, as the endpointslice controller would for pods there.
+        pods = [dataclasses.replace(p, namespace="idle") for p in self.backends]
+        taken = {ip for svc in self.services.values() for ip in svc.cluster_ips}
+        self.idle[count] = idle_ips(max(0, count - HARNESS_SERVICES), taken)
         idle = []
-        for i in range(max(0, count - HARNESS_SERVICES)):
+        for i, ip in enumerate(self.idle[count]):
             svc = ServiceSpec(f"idle-{i}", {"app": "web"}, (ServicePortSpec(80, 80),),
-                              namespace="idle", cluster_ips=(idle_ip(i),))
+                              namespace="idle", cluster_ips=(ip,))
             idle += [service_doc(svc), *endpoint_slice_docs(svc, pods)]
         dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        idle_text = yaml.dump_all(idle, Dumper=dumper, sort_keys=False) if idle else ""
+        nodes = len(self.cluster.nodes)
         for variant in ("web-0", "web-1"):
             self.set_probe(variant)
             docs = self.cluster.controller.documents()
-            text = yaml.dump_all(docs[:-len(self.cluster.nodes)] + idle
-                                 + docs[-len(self.cluster.nodes):], Dumper=dumper,
-                                 sort_keys=False)
+            head = yaml.dump_all(docs[:-nodes], Dumper=dumper, sort_keys=False)
+            tail = yaml.dump_all(docs[-nodes:], Dumper=dumper, sort_keys=False)
             path = self.cluster.dir / f"objects-{count}-{variant}.yaml"
-            path.write_text(text)
+            with open(path, "w") as f:
+                f.write(head + "---\n")
+                if idle_text:
+                    f.write(idle_text + "---\n")
+                f.write(tail)
             self.files[(count, variant)] = path
+            if variant == "web-0":
+                self.documents[count] = docs[:-nodes] + idle + docs[-nodes:]
         self.set_probe("web-0")
 
     def install(self, count: int, variant: str) -> float:
@@ -168,22 +173,48 @@ class BenchCluster:
 
     # ------------------------------------------------------------ driver agents
 
-    def start(self, driver: str, timeout: float) -> list[Agent]:
-        self.agents = start_agents(self.cluster, [driver], options=AGENT_OPTIONS,
-                                   timeout=timeout)
-        return self.agents
+    def configure(self, driver: str) -> list[Agent]:
+        """One agent of ``driver`` per node, its ``lbcore.yaml`` written, not started."""
+        fn = AGENT_OPTIONS.get(driver)
+        agents = []
+        for node in self.cluster.nodes.values():
+            config = write_config(self.cluster, node, driver,
+                                  fn(self.cluster, node) if fn else None)
+            data = yaml.safe_load(config.read_text())
+            config.write_text(yaml.safe_dump({**data, "runner": RUNNER}, sort_keys=False))
+            agents.append(Agent(node, driver, config))
+        return agents
+
+    def launch(self, agents: list[Agent]) -> None:
+        """``lbcore -v run`` of each agent in its node, on the objects file as it is
+        (not waiting: :mod:`.control` observes when they have programmed it)."""
+        for agent in agents:
+            agent.proc = self.cluster.lab.spawn(
+                agent.node.ns, [*lbcore_argv(), "-v", "run", "-c", str(agent.config)],
+                cgroup=agent.node.agent_cgroup, name=agent.name)
+            self.cluster.agents.append(agent)
+            self.agents.append(agent)
 
     def stop(self) -> list[str]:
-        problems = stop_agents(self.cluster, self.agents, cleanup=True) if self.agents else []
-        self.agents = []
-        return problems
+        """SIGTERM the agents, then ``lbcore cleanup`` each node's datapath; problems
+        that remain after retries are returned."""
+        agents, self.agents = self.agents, []
+        if not agents:
+            return []
+        stop_agents(self.cluster, agents, cleanup=False)
+        with ThreadPoolExecutor(len(agents)) as pool:
+            return [p for p in pool.map(self._cleanup, agents) if p]
 
-    def wait_programmed(self, timeout: float) -> int:
-        """Until every agent holds its plan (read back from the kernel); frontends held
-        on the client's node."""
-        wait_healthy(self.cluster, self.agents, timeout)
-        mine = [a for a in self.agents if a.node is self.client.node]
-        return len(services_json(self.cluster, mine[0])) if mine else 0
+    def _cleanup(self, agent: Agent, attempts: int = 4) -> str | None:
+        """Retried: iptables-legacy takes /run/xtables.lock, which every iptables user
+        on the machine shares (other namespaces' too), for 5 s at most per try."""
+        for attempt in range(attempts):
+            r = lbcore_in_node(self.cluster, agent.node, "cleanup", "-c", str(agent.config),
+                               timeout=300)
+            if r.returncode == 0:
+                return None
+            time.sleep(2.0 * (attempt + 1))
+        return f"cleanup {agent.name}: {r.stderr.strip()}"
 
     def rss_mb(self) -> dict[str, float]:
         out = {}
@@ -196,29 +227,3 @@ class BenchCluster:
             except (OSError, StopIteration, TypeError):
                 continue
         return out
-
-    def time_change(self, driver: str, count: int, variant: str, timeout: float) -> float:
-        """Swap in ``(count, variant)``; seconds until the probe Service answers from
-        ``variant``, seen by a client of this driver's traffic (kernel behaviour)."""
-        if not_supported(driver, "ew") is None:
-            host, port, where = self.services["probe"].cluster_ip, 80, self.client
-        else:
-            host, port, where = self.entry_ip, PROBE_NODE_PORT, None
-        cmd = [sys.executable, "-I", "-S", "-c", tools.PROBER, host, str(port), variant,
-               str(timeout)]
-        proc = (self.cluster.spawn(where, cmd, name="prober") if where is not None
-                else self.lab.spawn(self.outside, cmd, name="prober"))
-        try:
-            deadline = time.monotonic() + 10
-            while "first" not in proc.output() and proc.alive():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("prober got no answer from the probe service")
-                time.sleep(0.01)
-            t0 = self.install(count, variant)
-            proc.popen.wait(timeout + 5)
-            seen = tools.prober_seen(proc.output())
-            if seen is None:
-                raise RuntimeError(f"probe never answered from {variant} within {timeout}s")
-            return seen - t0
-        finally:
-            proc.stop()

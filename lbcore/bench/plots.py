@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 COLORS = {"direct": "#555555", "socklb": "#1f77b4", "iptables": "#d62728",
-          "tcnodeport": "#2ca02c"}
+          "tcnodeport": "#2ca02c", "nftables": "#9467bd"}  # others: matplotlib's cycle
 
 
 def available() -> str | None:
@@ -110,6 +110,40 @@ def ratios(summ: dict[str, Any], out: Path) -> list[str]:
     return [str(path)]
 
 
+def control_vs_services(summ: dict[str, Any], out: Path) -> list[str]:
+    """First sync and one endpoint change vs number of services, per driver (log-log)."""
+    rows = summ.get("control", [])
+    panels = [("first_sync_s", "first sync of N services → sampled services answer (s)"),
+              ("endpoint_change_s", "one endpoint change → programmed (s)")]
+    if not any(r[m]["median"] for r in rows for m, _ in panels):
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4))
+    for ax, (metric, label) in zip(axes, panels, strict=True):
+        for driver in sorted({r["driver"] for r in rows}):
+            pts = sorted((r["count"], r[metric]) for r in rows
+                         if r["driver"] == driver and r[metric]["median"] is not None)
+            if not pts:
+                continue
+            ys = [s["median"] for _, s in pts]
+            err = [[s["median"] - s["min"] for _, s in pts], [s["max"] - s["median"]
+                                                               for _, s in pts]]
+            ax.errorbar([c for c, _ in pts], ys, yerr=err, marker="o", capsize=3,
+                        label=driver, color=COLORS.get(driver))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("services programmed")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle("control plane, observed by traffic: median of reps, bars = min-max")
+    fig.tight_layout()
+    path = out / "bench-control-vs-services.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return [str(path)]
+
+
 def write_plots(summ: dict[str, Any], out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
-    return vs_services(summ, out) + ratios(summ, out)
+    return vs_services(summ, out) + ratios(summ, out) + control_vs_services(summ, out)

@@ -1,9 +1,10 @@
 """The measurement loop of ``lbcore bench``: for each service count, repetitions in
 which the paths are interleaved (direct, A, B, C, direct, A, B, C, ...).
 
-Per path and repetition: the driver's agents are started (one ``lbcore run`` per node,
-base objects file), the control-plane figures are taken (bulk change to N services;
-one endpoint change; agent RSS), a 1 s warm-up per direction is run and discarded, then
+Per driver and repetition: the driver's agents (one ``lbcore run`` per node) start on the
+objects file of N services with an empty datapath and the control-plane figures are
+taken (:mod:`.control`: first sync of N services, read back; two endpoint changes,
+by traffic; agent RSS); then a 1 s warm-up per direction is run and discarded, then
 every scenario the path supports; the agents are stopped and ``lbcore cleanup`` removes
 the datapath before the next path, so two datapaths never coexist.
 """
@@ -17,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import LBCoreError
 from . import tools
-from .env import IPERF_PORT, PERF_NODE_PORT, WEB_NODE_PORT, BenchCluster, not_supported
+from .control import ControlProbe, Held, log_breakdown, plan_of, scaled_timeout
+from .env import IPERF_PORT, PERF_NODE_PORT, WEB_NODE_PORT, BenchCluster
 
 SCENARIOS = ("ew-crr", "ew-rr", "ew-tput", "ns-crr", "ns-rr", "ns-tput")
 SCENARIO_TEXT = {
@@ -30,7 +33,7 @@ SCENARIO_TEXT = {
 
 @dataclass
 class Settings:
-    drivers: list[str]
+    drivers: list[str]  # every one loads; support[d]: {"ew"|"ns": why not, or None}
     scenarios: list[str]
     counts: list[int]
     reps: int = 3
@@ -39,6 +42,7 @@ class Settings:
     connections: int = 16
     threads: int = 2
     warmup: float = 1.0
+    support: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,9 +61,11 @@ def machine_info() -> dict[str, Any]:
             "loadavg_start": list(os.getloadavg())}
 
 
-def paths_for(driver: str, scenario: str) -> str | None:
-    """None if ``driver`` (or ``direct``) can run ``scenario``, else why not."""
-    return None if driver == "direct" else not_supported(driver, scenario.split("-")[0])
+def objects_of(documents: list[dict[str, Any]]) -> Any:
+    """The validated objects of a rendered file, without reading it back as YAML."""
+    from ..k8s import Document, parse_objects
+
+    return parse_objects([Document("bench", i, d) for i, d in enumerate(documents, 1)])
 
 
 class Runner:
@@ -69,10 +75,18 @@ class Runner:
         self.s = settings
         self.r = results
         self.advance = advance
+        self.plans: dict[tuple[str, int], dict[str, Held]] = {}
+        self.objects: Any = None
         self.scripts = {
             "plain": tools.wrk_script(bench.lab.run_dir),
             "direct": tools.wrk_script(bench.lab.run_dir, [p.ipv4 for p in bench.backends]),
         }
+
+    def supports(self, path: str, scenario: str) -> str | None:
+        """None if ``path`` (a driver or ``direct``) can run ``scenario``, else why not."""
+        if path == "direct":
+            return None
+        return self.s.support.get(path, {}).get(scenario.split("-")[0])
 
     # ------------------------------------------------------------ one measurement
 
@@ -118,23 +132,33 @@ class Runner:
         paths = ["direct", *self.s.drivers]
         for count in self.s.counts:
             self.advance(f"rendering {count:,} services")
-            self.b.render(count)
+            try:
+                self.b.render(count)
+                self.objects = objects_of(self.b.documents.pop(count))
+                self.plans.clear()  # the previous count's: no longer needed
+            except (LBCoreError, OSError, ValueError) as exc:  # a harness bug: say so, go on
+                self.r.errors.append(f"{count} services: objects file: {exc}")
+                continue
             for rep in range(self.s.reps):
                 for path in paths:
                     self.advance(f"{count:,} services, rep {rep + 1}/{self.s.reps}: {path}")
                     try:
                         self.one_path(count, rep, path)
-                    except (RuntimeError, ValueError, OSError, KeyError,
+                    except (LBCoreError, RuntimeError, ValueError, OSError, KeyError,
                             subprocess.SubprocessError) as exc:
                         self.r.errors.append(f"{count} services, rep {rep + 1}, {path}: {exc}")
                     finally:
                         problems = self.b.stop()
                         self.r.errors += [f"{path}: {p}" for p in problems]
+                    if problems:  # what follows would run on top of this datapath
+                        self.r.errors.append(f"stopped after {path}: its datapath could "
+                                             "not be removed")
+                        return self.r
         self.r.machine["loadavg_end"] = list(os.getloadavg())
         return self.r
 
     def one_path(self, count: int, rep: int, path: str) -> None:
-        scenarios = [s for s in self.s.scenarios if paths_for(path, s) is None]
+        scenarios = [s for s in self.s.scenarios if self.supports(path, s) is None]
         if path != "direct":
             self.control(count, rep, path)
         for direction in sorted({s.split("-")[0] for s in scenarios}):
@@ -150,16 +174,24 @@ class Runner:
                             "load1": os.getloadavg()[0]})
 
     def control(self, count: int, rep: int, driver: str) -> None:
-        """Agents up on the base state, then: bulk change to ``count`` services; one
-        endpoint change at ``count``; frontends held; RSS."""
-        timeout = 60 + count * 0.03
-        t0 = time.monotonic()
-        self.b.start(driver, timeout)
-        started = time.monotonic() - t0
-        bulk = self.b.time_change(driver, count, "web-1", timeout)
-        held = self.b.wait_programmed(timeout)
-        endpoint = self.b.time_change(driver, count, "web-0", timeout)
+        """Agents up on ``count`` services from an empty datapath (first sync); two
+        endpoint changes at ``count``; RSS; each agent's own account of its syncs."""
+        timeout = scaled_timeout(count)
+        agents = self.b.configure(driver)
+        key = (driver, count)
+        if key not in self.plans:  # the same for every repetition
+            self.plans[key] = {a.node.name: plan_of(a, self.objects) for a in agents}
+        ew = self.supports(driver, "ew-rr") is None
+        if not ew and self.supports(driver, "ns-rr") is not None:
+            raise RuntimeError(f"{driver} carries neither east-west nor north-south traffic: "
+                               "no client of this benchmark can observe it")
+        probe = ControlProbe(self.b, ew)
+        first = probe.first_sync(agents, self.plans[key], count, timeout)
+        changes = [probe.endpoint_change(count, v, timeout) for v in ("web-1", "web-0")]
+        client_node = self.b.client.node.name
         self.r.control.append({
-            "count": count, "rep": rep, "driver": driver, "agent_start_s": started,
-            "bulk_change_s": bulk, "endpoint_change_s": endpoint,
-            "frontends_held": held, "rss_mb": self.b.rss_mb(), "load1": os.getloadavg()[0]})
+            "count": count, "rep": rep, "driver": driver, **first,
+            "endpoint_change_s": changes, "observed_by": "client pod" if ew else "outside",
+            "frontends_held": len(self.plans[key][client_node]),
+            "rss_mb": self.b.rss_mb(), "agent_syncs": log_breakdown(agents),
+            "load1": os.getloadavg()[0]})

@@ -8,6 +8,9 @@
 * :data:`PROBER` — a tiny HTTP client that opens a fresh connection every ~2 ms and
   prints the ``time.monotonic()`` at which the answer first names a wanted backend:
   the datapath observed by its behaviour (in the kernel), not by the agent's log.
+* :data:`SWEEPER` — the same for many services at once: non-blocking connects to every
+  target not answered yet, every ~5 ms, until each has answered once; prints when
+  each first did.
 """
 
 from __future__ import annotations
@@ -127,6 +130,43 @@ PROBER = textwrap.dedent("""\
     print("timeout", flush=True)
     sys.exit(1)
     """)
+
+
+SWEEPER = textwrap.dedent("""\
+    import json, select, socket, sys, time
+    targets = [(h, int(p)) for h, p in (t.rsplit(":", 1) for t in sys.argv[2].split(","))]
+    end = time.monotonic() + float(sys.argv[1])
+    seen = {}
+    while len(seen) < len(targets) and time.monotonic() < end:
+        pending = {}
+        for t in targets:
+            if t in seen:
+                continue
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.connect_ex(t)
+            pending[s] = t
+        deadline = time.monotonic() + 0.05  # a SYN lost before programming: retry
+        while pending and (left := deadline - time.monotonic()) > 0:
+            _, ready, _ = select.select([], list(pending), [], left)
+            for s in ready:
+                t = pending.pop(s)
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    seen[t] = time.monotonic()
+                s.close()
+        for s in pending:
+            s.close()
+        time.sleep(0.005)
+    print("SWEEP " + json.dumps({f"{h}:{p}": seen.get((h, p)) for h, p in targets}),
+          flush=True)
+    sys.exit(0 if len(seen) == len(targets) else 1)
+    """)
+
+
+def sweep_seen(output: str) -> dict[str, float | None] | None:
+    """``{"ip:port": monotonic time of its first answer, or None}`` from the sweeper."""
+    m = re.search(r"^SWEEP (\{.*\})$", output, re.M)
+    return json.loads(m.group(1)) if m else None
 
 
 def prober_seen(output: str) -> float | None:

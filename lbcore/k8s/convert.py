@@ -58,10 +58,7 @@ def parse_objects(
         if result is not None:
             parsed.append(result)
         errors += errs
-    errors += _duplicates(parsed)
-    services = [p for p in parsed if isinstance(p.value, Service)]
-    errors += _node_port_conflicts(services)
-    errors += _cluster_ip_conflicts(services)
+    errors += _cross_object_errors(parsed)
     if errors:
         files = {d.file for d in documents}
         raise ValidationError(errors, source=source or (files.pop() if len(files) == 1 else ""))
@@ -126,6 +123,12 @@ def _locate(error: FieldError, doc: Document, kind: str, name: str) -> FieldErro
 
 
 # -------------------------------------------------------------- across objects
+
+
+def _cross_object_errors(parsed: list[_Parsed]) -> list[FieldError]:
+    """What the API server's allocators would refuse across objects."""
+    services = [p for p in parsed if isinstance(p.value, Service)]
+    return _duplicates(parsed) + _node_port_conflicts(services) + _cluster_ip_conflicts(services)
 
 
 def _duplicates(parsed: list[_Parsed]) -> list[FieldError]:

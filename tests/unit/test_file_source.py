@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lbcore.errors import ConfigError
-from lbcore.model import ClusterObjects
+from lbcore.model import ClusterObjects, ServiceKey
 from lbcore.sources.file import FileSource
 
 
@@ -121,3 +121,20 @@ def test_watch_follows_configmap_style_symlink_swap(tmp_path):
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_real_loader_rereads_only_what_changed(tmp_path):
+    pytest.importorskip("lbcore.k8s")
+    path = tmp_path / "svc.yaml"
+    doc = ("apiVersion: v1\nkind: Service\nmetadata: {{name: {0}, namespace: default}}\n"
+           "spec:\n  clusterIP: {1}\n  ports: [{{port: {2}, protocol: TCP}}]\n")
+    path.write_text("---\n".join([doc.format("a", "10.96.0.10", 80),
+                                  doc.format("b", "10.96.0.11", 80)]))
+    src = FileSource({"path": str(path)}, None)
+    before = src.read()
+    path.write_text("---\n".join([doc.format("a", "10.96.0.10", 80),
+                                  doc.format("b", "10.96.0.11", 81)]))
+    after = src.read()
+    a, b = (ServiceKey("default", n) for n in "ab")
+    assert after.services[a] is before.services[a]  # untouched: the very same object
+    assert after.services[b].ports[0].port == 81

@@ -1,8 +1,11 @@
 """The ``nftables`` driver: kube-proxy's nftables mode (KEP-3866) as an lbcore plugin.
 
-render (pure, :mod:`.render`) -> apply (one libnftables JSON transaction, :mod:`.nft`)
--> read back (:mod:`.readback`). Every sync renders the whole table and applies it in one
-transaction (atomic: a reader never sees half a service); stale UDP conntrack entries of
+render (pure, per service, :mod:`.render`) -> plan (pure: what to add and delete,
+:mod:`.plan`) -> apply (libnftables JSON transactions, :mod:`.nft`) -> read back
+(:mod:`.readback`). A partial sync rewrites only the changed services, in one
+transaction; a full sync (the first, after a failure, periodically) compares the kernel's
+lists of chain names and map elements with the plan and writes the difference, a batch
+of services per transaction (each service atomic). Stale UDP conntrack entries of
 removed endpoints are deleted afterwards, as kube-proxy does.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,14 +30,15 @@ from lbcore.driver import (
 from lbcore.errors import ConfigError, DriverError
 from lbcore.model import DesiredState, FrontendState, NodeInfo, ServiceKey
 
-from . import nft, readback
-from .render import RenderOptions, delete_table, render, transaction
+from . import nft, plan, readback
+from .render import RenderOptions, delete_table, render_services
 
 log = logging.getLogger(__name__)
 NAME = "nftables"
 NETNS_DIR = "/run/netns"
 OPTIONS = {"netns", "cluster_cidr", "pod_interface_prefix", "masquerade_all", "flush_conntrack"}
 UdpKey = tuple[str, int]
+UdpEndpoints = tuple[ServiceKey, frozenset[UdpKey]]  # a UDP frontend's service, endpoints
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ class NftablesDriver(Driver):
     def __init__(self, options: Mapping[str, Any], node: NodeInfo) -> None:
         super().__init__(options, node)
         self.opts = NftablesOptions.parse(options)
-        self._udp: dict[UdpKey, frozenset[UdpKey]] = {}  # UDP frontend -> its endpoints
+        self._udp: dict[UdpKey, UdpEndpoints] = {}  # UDP frontend -> its endpoints
+        self._table: plan.Table | None = None  # what the kernel holds; None: ask it
 
     @classmethod
     def capabilities(cls) -> Capabilities:
@@ -121,37 +126,72 @@ class NftablesDriver(Driver):
         path = self.opts.netns_path
         if path and not os.path.exists(path):
             raise DriverError(NAME, f"network namespace {path} does not exist")
-        # Nothing to load: every sync is one whole transaction that adopts the table.
+        # Nothing to load: the first (full) sync adopts what the table holds.
 
     def sync(self, state: DesiredState, changed: frozenset[ServiceKey] | None) -> SyncResult:
-        rs = render(state, self.opts.render)
-        table = readback.Table(nft.list_table(self.opts.netns_path))
-        doc = transaction(rs, table.chains, table.sets)
-        nft.apply(self.opts.netns_path, doc)
-        stale = self._stale_udp(state)
-        flushed = 0
-        if stale and self.opts.flush_conntrack:
-            try:
-                flushed = nft.flush_udp_conntrack(self.opts.netns_path, stale)
-            except Exception as exc:  # the rules are right; a stale entry expires by itself
-                log.warning("nftables: deleting stale UDP conntrack entries failed: %s", exc)
-        return SyncResult(full=True, frontends=len(rs.elements),
-                          services_written=len(state.services),
-                          details={"commands": len(doc["nftables"]) - 1,
-                                   "chains": len(rs.chains), "conntrack_deleted": flushed})
+        full = changed is None or self._table is None
+        opts, netns = self.opts.render, self.opts.netns_path
+        try:
+            if full:
+                table = plan.Table.from_listing(*nft.list_names(netns))
+                self._table = None
+                docs: Iterable[dict[str, Any]] = plan.full_sync(
+                    table, state.services.keys(),
+                    lambda keys: render_services(state, opts, keys), opts)
+                written = len(state.services)
+            else:
+                assert changed is not None and self._table is not None
+                table, wanted = self._table, render_services(state, opts, changed)
+                phases = table.update(wanted)
+                docs = [phases.document()] if len(phases) else []
+                table.commit(wanted)
+                written = len(wanted)
+            transactions = commands = 0
+            for doc in docs:  # a full sync's batches are planned as they are applied
+                nft.apply(netns, doc)
+                transactions, commands = transactions + 1, commands + len(doc["nftables"]) - 1
+        except BaseException:
+            self._table = None  # the kernel may hold anything: list it next time
+            raise
+        self._table = table
+        flushed = self._flush_stale_udp(state, changed if not full else None)
+        return SyncResult(full=full, frontends=sum(1 for fe in state.frontends if fe.family == 4),
+                          services_written=written,
+                          details={"transactions": transactions, "commands": commands,
+                                   "conntrack_deleted": flushed})
 
-    def _stale_udp(self, state: DesiredState) -> list[tuple[str, int, UdpKey | None]]:
-        after = {(fe.ip, fe.port): frozenset((b.ip, b.port)
-                                              for b in fe.backends + fe.external_backends)
-                 for fe in state.frontends if fe.protocol == "UDP" and fe.family == 4}
+    def _flush_stale_udp(self, state: DesiredState, changed: frozenset[ServiceKey] | None
+                         ) -> int:
+        stale = self._stale_udp(state, changed)
+        if not stale or not self.opts.flush_conntrack:
+            return 0
+        try:
+            return nft.flush_udp_conntrack(self.opts.netns_path, stale)
+        except Exception as exc:  # the rules are right; a stale entry expires by itself
+            log.warning("nftables: deleting stale UDP conntrack entries failed: %s", exc)
+            return 0
+
+    def _stale_udp(self, state: DesiredState, changed: frozenset[ServiceKey] | None
+                   ) -> list[tuple[str, int, UdpKey | None]]:
+        """(frontend ip, port, endpoint gone or None for "all") of the UDP frontends of
+        ``changed`` services (None: every service) whose endpoints went away."""
+        keys = state.services.keys() if changed is None else changed
+        after: dict[UdpKey, UdpEndpoints] = {}
+        for key in keys:
+            for fe in state.frontends_of(key):
+                if fe.protocol == "UDP" and fe.family == 4:
+                    after[(fe.ip, fe.port)] = (key, frozenset(
+                        (b.ip, b.port) for b in fe.backends + fe.external_backends))
+        before = {fe: v for fe, v in self._udp.items() if changed is None or v[0] in changed}
         stale: list[tuple[str, int, UdpKey | None]] = []
-        for fe, old in self._udp.items():
-            new = after.get(fe, frozenset())
+        for fe, (_key, old) in before.items():
+            new = after.get(fe, (None, frozenset()))[1]
             stale += [(fe[0], fe[1], ep) for ep in sorted(old - new)]
-        for fe, new in after.items():
-            if new and not self._udp.get(fe):  # had no endpoints (rejected) or was new
-                stale.append((fe[0], fe[1], None))
-        self._udp = after
+            self._udp.pop(fe)
+        for fe, (_key, new) in after.items():
+            if new and not before.get(fe, (None, frozenset()))[1]:
+                stale.append((fe[0], fe[1], None))  # had no endpoints (rejected) or was new
+        self._udp.update(after)
         return stale
 
     def dump(self) -> list[FrontendState]:
@@ -159,4 +199,4 @@ class NftablesDriver(Driver):
 
     def cleanup(self) -> None:
         nft.apply(self.opts.netns_path, delete_table())
-        self._udp = {}
+        self._udp, self._table = {}, None

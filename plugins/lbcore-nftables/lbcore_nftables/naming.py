@@ -47,3 +47,21 @@ def tail(namespace: str, svc: str, protocol: str, port: int) -> str:
 
 def kind_of(object_name: str) -> str:
     return object_name.split("-", 1)[0]
+
+
+def service_of(object_name: str) -> tuple[str, str] | None:
+    """``(namespace, name)`` of the service a chain or set belongs to, from its tail;
+    None for the fixed objects and names this driver did not make."""
+    parts = object_name.split("-", 2)
+    if len(parts) != 3 or parts[0] not in (PICK, EXTERNAL, ENDPOINT, AFFINITY):
+        return None
+    ns_svc = parts[2].split("/")
+    return (ns_svc[0], ns_svc[1]) if len(ns_svc) >= 4 else None
+
+
+def service_of_comment(comment: str) -> tuple[str, str] | None:
+    """The service a map element's comment (``"<type> ns/svc:port"``) names."""
+    _, _, port_name = comment.partition(" ")
+    namespace, slash, rest = port_name.partition("/")
+    name = rest.split(":", 1)[0]
+    return (namespace, name) if slash and namespace and name else None

@@ -45,6 +45,49 @@ def _list() -> list[dict[str, Any]]:
     return json.loads(out)["nftables"]
 
 
+def _list_names() -> tuple[list[str], list[str], dict[tuple[str, str, int], tuple[str, str]]]:
+    """Chain names, set names and service-map elements of lbcore's table — lists the
+    kernel answers quickly (rules are not read: 13 s at 10,000 services, vs 1 s)."""
+    nft = _nft()
+    rc, out, err = nft.cmd(f"list chains {n.FAMILY}")
+    if rc != 0:
+        raise RuntimeError(f"nft list chains {n.FAMILY}: {err.strip()}")
+    chains = [o["chain"]["name"] for o in json.loads(out)["nftables"]
+              if "chain" in o and o["chain"]["table"] == n.TABLE]
+    if not chains:  # no table (or an empty one): nothing else to list
+        return [], [], {}
+    nft.set_terse_output(True)  # set names only: no element of any set is fetched
+    rc, out, err = nft.cmd(f"list sets {n.FAMILY}")
+    if rc != 0:
+        raise RuntimeError(f"nft list sets {n.FAMILY}: {err.strip()}")
+    sets = [o["set"]["name"] for o in json.loads(out)["nftables"]
+            if "set" in o and o["set"]["table"] == n.TABLE]
+    nft.set_terse_output(False)
+    rc, out, err = nft.cmd(f"list map {n.FAMILY} {n.TABLE} {n.SERVICES_MAP}")
+    elements: dict[tuple[str, str, int], tuple[str, str]] = {}
+    if rc == 0:
+        for o in json.loads(out)["nftables"]:
+            for key, verdict in o.get("map", {}).get("elem", []):
+                comment = ""
+                if "elem" in key:
+                    comment, key = key["elem"].get("comment", ""), key["elem"]["val"]
+                ip, proto, port = key["concat"]
+                target = verdict.get("goto", verdict.get("jump", {})).get("target", "")
+                elements[(ip, proto, int(port))] = (target, comment)
+    elif "No such file or directory" not in err:
+        raise RuntimeError(f"nft list map {n.SERVICES_MAP}: {err.strip()}")
+    return chains, sets, elements
+
+
+def list_names(netns_path: str | None
+               ) -> tuple[list[str], list[str], dict[tuple[str, str, int], tuple[str, str]]]:
+    """(chain names, set names, map elements) of lbcore's table; empty if it is absent."""
+    try:
+        return in_netns(NAME, netns_path, _list_names)
+    except RuntimeError as exc:
+        raise DriverError(NAME, str(exc)) from exc
+
+
 def apply(netns_path: str | None, doc: dict[str, Any]) -> None:
     """Run one JSON transaction (all or nothing)."""
     try:

@@ -1,5 +1,5 @@
-"""Pure rendering: ``DesiredState`` -> the objects of lbcore's nftables table, and the one
-libnftables JSON transaction that makes the kernel hold them. No kernel access here.
+"""Pure rendering: ``DesiredState`` -> the objects of lbcore's nftables table, per
+service. No kernel access here (the transactions are built by :mod:`.plan`).
 
 The table (``ip lbcore``), after kube-proxy's nftables mode (KEP-3866)::
 
@@ -15,19 +15,21 @@ The table (``ip lbcore``), after kube-proxy's nftables mode (KEP-3866)::
     chain reject-chain   reject       # frontends without endpoints: refused at once
     chain nat-postrouting -> masquerading: mark 0x4000 -> masquerade fully-random
 
-Pick and endpoint chains are content-addressed (their names hash what they hold), so the
-transaction flushes and rewrites every chain, adds the new ones and deletes the ones no
-longer wanted — all in one atomic libnftables transaction. Affinity sets survive syncs
-(their names hash the endpoint chain and the timeout).
+Every service chain is **content-addressed**: ``H`` hashes the chain's rules, so a chain
+of a given name always holds the same rules. A changed service is a few new chains, a
+changed map element and a few deleted chains — never a chain rewritten in place — and
+the names the kernel lists say what it holds (:mod:`.plan` relies on both). The tail
+names the service, so each object belongs to one service. Affinity sets are named after
+their endpoint and timeout, so they (and the clients they remember) survive syncs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbcore.model import Backend, DesiredState, Frontend, FrontendType
+from lbcore.model import Backend, DesiredState, Frontend, FrontendType, ServiceKey
 
 from . import naming as n
 
@@ -62,12 +64,17 @@ class RenderOptions:
 
 @dataclass
 class Ruleset:
-    """Everything the table should hold."""
+    """Objects of the table: one service's, or all of them."""
 
     chains: dict[str, list[Rule]] = field(default_factory=dict)  # name -> rules, in order
     sets: dict[str, int] = field(default_factory=dict)  # affinity set -> timeout (s)
     elements: dict[tuple[str, str, int], tuple[str, str]] = field(default_factory=dict)
     # (ip, proto, port) -> (verdict chain, comment "<type> ns/svc:port")
+
+    def merge(self, other: Ruleset) -> None:
+        self.chains.update(other.chains)
+        self.sets.update(other.sets)
+        self.elements.update(other.elements)
 
 
 def fixed_chains(opts: RenderOptions) -> dict[str, list[Rule]]:
@@ -93,45 +100,47 @@ def _tail(fe: Frontend) -> str:
     return n.tail(fe.service.namespace, fe.service.name, fe.protocol, fe.port)
 
 
+def _chain(rs: Ruleset, kind: str, tail: str, rules: list[Rule]) -> str:
+    """Add ``rules`` as the chain named after them (once); its name."""
+    name = n.name(kind, tail, repr(rules))
+    rs.chains.setdefault(name, rules)
+    return name
+
+
+def affinity_set(fe: Frontend, be: Backend) -> str:
+    t = f"{_tail(fe)}__{be.ip}/{be.port}"
+    return n.name(n.AFFINITY, t, f"{t}|{fe.protocol}|{fe.session_affinity_timeout}")
+
+
 def endpoint_chain(rs: Ruleset, fe: Frontend, be: Backend) -> str:
     """``endpoint-H-...__ip/port``: hairpin masquerade, affinity update, dnat."""
-    t = f"{_tail(fe)}__{be.ip}/{be.port}"
-    aff = fe.session_affinity_timeout
-    name = n.name(n.ENDPOINT, t, f"{t}|{fe.protocol}|{aff}")
-    if name in rs.chains:
-        return name
     rules: list[Rule] = [((match(SADDR, be.ip), jump(n.CHAIN_MARK_MASQ)), "hairpin")]
+    aff = fe.session_affinity_timeout
     if aff is not None:
-        aset = n.name(n.AFFINITY, t, f"{name}|{aff}")
+        aset = affinity_set(fe, be)
         rs.sets[aset] = aff
         rules.append((({"set": {"op": "update", "elem": SADDR, "set": f"@{aset}"}},), ""))
     rules.append(((match(L4PROTO, fe.protocol.lower()), {"dnat": {"addr": be.ip,
                                                                   "port": be.port}}),
                   fe.service_port))
-    rs.chains[name] = rules
-    return name
+    return _chain(rs, n.ENDPOINT, f"{_tail(fe)}__{be.ip}/{be.port}", rules)
 
 
 def pick_chain(rs: Ruleset, fe: Frontend, backends: Iterable[Backend]) -> str:
     """``service-H-...``: affinity matches, then ``numgen random mod N vmap``; or the
     reject chain when there is no endpoint."""
+    backends = list(backends)
     eps = [endpoint_chain(rs, fe, be) for be in backends]
     if not eps:
         return n.CHAIN_REJECT
-    name = n.name(n.PICK, _tail(fe), "|".join(eps))
-    if name in rs.chains:
-        return name
     rules: list[Rule] = []
     if fe.session_affinity_timeout is not None:
-        for ep in eps:
-            aset = n.name(n.AFFINITY, ep.split("-", 2)[2],
-                          f"{ep}|{fe.session_affinity_timeout}")
-            rules.append(((match(SADDR, f"@{aset}"), goto(ep)), "affinity"))
+        for be, ep in zip(backends, eps, strict=True):
+            rules.append(((match(SADDR, f"@{affinity_set(fe, be)}"), goto(ep)), "affinity"))
     choose = {"vmap": {"key": {"numgen": {"mode": "random", "mod": len(eps), "offset": 0}},
                        "data": {"set": [[i, goto(ep)] for i, ep in enumerate(eps)]}}}
     rules.append(((choose,), fe.service_port))
-    rs.chains[name] = rules
-    return name
+    return _chain(rs, n.PICK, _tail(fe), rules)
 
 
 def external_chain(rs: Ruleset, fe: Frontend, opts: RenderOptions) -> str:
@@ -151,21 +160,22 @@ def external_chain(rs: Ruleset, fe: Frontend, opts: RenderOptions) -> str:
     if not fe.external_traffic_local or opts.masquerade_all:
         rules.append(((jump(n.CHAIN_MARK_MASQ),), "externalTrafficPolicy Cluster"))
     rules.append(((goto(external),), f"{fe.type.value} {fe.service_port}"))
-    name = n.name(n.EXTERNAL, _tail(fe), repr(rules))
-    rs.chains.setdefault(name, rules)
-    return name
+    return _chain(rs, n.EXTERNAL, _tail(fe), rules)
 
 
-def render(state: DesiredState, opts: RenderOptions = RenderOptions()) -> Ruleset:
-    """The table for ``state`` (IPv4 frontends; the driver claims IPv4 only)."""
-    rs = Ruleset(chains=fixed_chains(opts))
-    for fe in state.frontends:
+def render_service(frontends: Iterable[Frontend], opts: RenderOptions = RenderOptions()
+                   ) -> Ruleset:
+    """One service's chains, sets and map elements (IPv4 frontends; the driver claims
+    IPv4 only)."""
+    rs = Ruleset()
+    for fe in frontends:
         if fe.family != 4:
             continue
         if fe.type is FrontendType.CLUSTER_IP:
             verdict = pick_chain(rs, fe, fe.backends)
             if opts.masquerade_all and verdict != n.CHAIN_REJECT:
-                verdict = _masq_first(rs, fe, verdict)
+                verdict = _chain(rs, n.EXTERNAL, _tail(fe), [
+                    ((jump(n.CHAIN_MARK_MASQ),), "masquerade-all"), ((goto(verdict),), "")])
         else:
             verdict = external_chain(rs, fe, opts)
         key = (fe.ip, fe.protocol.lower(), fe.port)
@@ -173,58 +183,27 @@ def render(state: DesiredState, opts: RenderOptions = RenderOptions()) -> Rulese
     return rs
 
 
-def _masq_first(rs: Ruleset, fe: Frontend, then: str) -> str:
-    rules: list[Rule] = [((jump(n.CHAIN_MARK_MASQ),), "masquerade-all"), ((goto(then),), "")]
-    name = n.name(n.EXTERNAL, _tail(fe), f"masq|{then}")
-    rs.chains.setdefault(name, rules)
-    return name
+def render_services(state: DesiredState, opts: RenderOptions = RenderOptions(),
+                    keys: Iterable[ServiceKey] | None = None) -> dict[ServiceKey, Ruleset]:
+    """Per service (all, or ``keys``): its objects; a key without frontends gets none."""
+    wanted = state.services.keys() if keys is None else keys
+    return {key: render_service(state.frontends_of(key), opts) for key in wanted}
 
 
-# ------------------------------------------------------------------ transaction
+def render(state: DesiredState, opts: RenderOptions = RenderOptions()) -> Ruleset:
+    """The whole table for ``state``: the fixed chains and every service's objects."""
+    rs = Ruleset(chains=fixed_chains(opts))
+    for part in render_services(state, opts).values():
+        rs.merge(part)
+    return rs
 
 
-def _obj(**kw: Any) -> dict[str, Any]:
+# ------------------------------------------------------------------ objects
+
+
+def obj(**kw: Any) -> dict[str, Any]:
+    """An object of lbcore's table, for a libnftables JSON command."""
     return {"family": n.FAMILY, "table": n.TABLE, **kw}
-
-
-def transaction(rs: Ruleset, existing_chains: Iterable[str] = (),
-                existing_sets: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """One libnftables JSON document: add what is missing, flush and rewrite every chain
-    and the service map, delete chains and sets no longer wanted. Atomic in the kernel."""
-    existing = set(existing_chains)
-    old_sets = dict(existing_sets or {})
-    cmds: list[dict[str, Any]] = [{"add": {"table": {"family": n.FAMILY, "name": n.TABLE}}}]
-    for name in rs.chains:
-        spec: dict[str, Any] = {"name": name}
-        if name in n.BASE_CHAINS:
-            kind, hook, prio = n.BASE_CHAINS[name]
-            spec.update(type=kind, hook=hook, prio=prio, policy="accept")
-        cmds.append({"add": {"chain": _obj(**spec)}})
-    cmds.append({"add": {"map": _obj(name=n.SERVICES_MAP, map="verdict",
-                                     type=["ipv4_addr", "inet_proto", "inet_service"])}})
-    for name, timeout in sorted(rs.sets.items()):
-        if name in old_sets:  # kept with its entries (the kernel flagged it dynamic)
-            continue
-        cmds.append({"add": {"set": _obj(name=name, type="ipv4_addr", flags=["timeout"],
-                                         timeout=timeout)}})
-    cmds.append({"flush": {"map": _obj(name=n.SERVICES_MAP)}})
-    for name in sorted(set(rs.chains) | existing):
-        cmds.append({"flush": {"chain": _obj(name=name)}})
-    for name, rules in rs.chains.items():
-        for exprs, comment in rules:
-            rule = _obj(chain=name, expr=list(exprs))
-            if comment:
-                rule["comment"] = comment
-            cmds.append({"add": {"rule": rule}})
-    if rs.elements:
-        elems = [[{"elem": {"val": {"concat": list(key)}, "comment": comment}}, goto(verdict)]
-                 for key, (verdict, comment) in sorted(rs.elements.items())]
-        cmds.append({"add": {"element": _obj(name=n.SERVICES_MAP, elem=elems)}})
-    for name in sorted(existing - set(rs.chains)):
-        cmds.append({"delete": {"chain": _obj(name=name)}})
-    for name in sorted(set(old_sets) - set(rs.sets)):
-        cmds.append({"delete": {"set": _obj(name=name)}})
-    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
 
 
 def delete_table() -> dict[str, Any]:
