@@ -74,7 +74,8 @@ class CliEnv:
     def make_agent(self, config: Config, *, log_skips: bool = True,
                    driver: GuardedDriver | None = None) -> Agent:
         return Agent(config, driver or self.make_driver(config), self.make_source(config),
-                     clock=self.clock, expand=self.expand, log_skips=log_skips)
+                     clock=self.clock, expand=self.expand, log_skips=log_skips,
+                     driver_factory=self.make_driver)
 
 
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -152,7 +153,8 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.pass_obj
 def run(env: CliEnv, config_path: Path, healthz_address: str | None) -> None:
     """Sync, then follow the source. SIGTERM/SIGINT stop it and leave the datapath
-    in place; SIGHUP re-reads the source."""
+    in place; SIGHUP re-reads the source. A new `driver:` in the config file switches
+    the datapath live (new one up and verified, then the old one removed)."""
     from .health import HealthServer, parse_bind_address
 
     config = load_config(config_path)
@@ -161,7 +163,7 @@ def run(env: CliEnv, config_path: Path, healthz_address: str | None) -> None:
     LOG.info("lbcore %s: driver %s, %s", __version__, config.driver, agent.source.describe())
     server = None
     if address is not None:
-        server = HealthServer(address, agent.healthy, agent.metrics, agent.clock.wall).start()
+        server = HealthServer(address, agent.health_status, agent.metrics).start()
     try:
         agent.run(threading.Event())
     finally:

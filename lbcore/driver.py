@@ -165,6 +165,14 @@ class Driver(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release user-space resources; the datapath stays in place."""
 
+    def map_pressure(self) -> dict[str, tuple[int, int]]:
+        """Optional: ``{map name: (entries in use, max entries)}`` of the driver's BPF
+        maps, read from the kernel (not from memory). Exported as Cilium's
+        ``bpf_map_pressure``. Called from the metrics thread, concurrently with
+        ``sync``: open the maps independently (e.g. by their pins). Drivers without
+        maps return ``{}``."""
+        return {}
+
 
 def option(
     options: Mapping[str, Any],

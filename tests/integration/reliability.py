@@ -1,0 +1,188 @@
+"""What the reliability tests share: load that runs *through* an event, a kept-alive
+connection that must keep its backend, samplers of what is attached, and agents that
+are killed with SIGKILL and started again.
+
+The cluster is the benchmark's (``lbcore.bench.env.BenchCluster``): control-plane and
+worker nodes, nginx backends ``web-0``/``web-1`` on worker, a ``client`` pod on
+control-plane (east-west: its connect() to a ClusterIP) and an ``outside`` namespace
+on the node network (north-south: to control-plane's NodePort).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbcore.bench import tools
+from lbcore.bench.env import WEB_NODE_PORT, BenchCluster
+from lbcore.lab.agents import Agent, lbcore_argv, wait_healthy
+from lbcore.lab.procs import Proc
+
+# One kept-alive HTTP/1.1 connection: GET / every ``gap`` seconds on the same socket,
+# never reconnecting (a reconnect would hide a broken flow). SIGTERM ends it; prints
+# {"requests", "backends": {name: count}, "errors": [...], "local": "ip:port"}.
+HELD_CONNECTION = textwrap.dedent("""\
+    import json, signal, socket, sys, time
+    host, port, gap = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    s = socket.create_connection((host, port), timeout=3)
+    local = "%s:%d" % s.getsockname()[:2]
+    req = ("GET / HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % host).encode()
+    backends, errors, n = {}, [], 0
+    buf = b""
+    print(json.dumps({"connected": local}), flush=True)
+    while not stop and not errors:
+        try:
+            s.sendall(req)
+            while b"\\r\\n\\r\\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise OSError("closed by peer")
+                buf += chunk
+            head, buf = buf.split(b"\\r\\n\\r\\n", 1)
+            length = int([h.split(b":")[1] for h in head.split(b"\\r\\n")
+                          if h.lower().startswith(b"content-length")][0])
+            while len(buf) < length:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise OSError("closed by peer")
+                buf += chunk
+            body, buf = buf[:length], buf[length:]
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise OSError("status " + head.split(b"\\r\\n")[0].decode())
+            name = body.decode().strip().split("=", 1)[1]
+            backends[name] = backends.get(name, 0) + 1
+            n += 1
+        except (OSError, ValueError, IndexError) as e:
+            errors.append("%.3f %s" % (time.time(), e))
+        time.sleep(gap)
+    print(json.dumps({"requests": n, "backends": backends, "errors": errors,
+                      "local": local}), flush=True)
+    """)
+
+
+@dataclass
+class Load:
+    """wrk and held connections running in the background; ``finish`` stops them and
+    returns what they saw."""
+
+    wrk: list[tuple[str, Proc]] = field(default_factory=list)
+    held: list[tuple[str, Proc]] = field(default_factory=list)
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for label, proc in self.wrk:
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGINT)  # wrk prints its summary on SIGINT
+            try:
+                proc.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.stop()
+            out[label] = tools.parse_wrk(proc.output())
+        for label, proc in self.held:
+            proc.stop(timeout=10)
+            lines = [ln for ln in proc.output().splitlines() if ln.startswith("{")]
+            out[label] = json.loads(lines[-1]) if lines else {"errors": [proc.output()]}
+        return out
+
+
+def start_load(bench: BenchCluster, *, ew: bool, ns: bool, close: bool = False,
+               connections: int = 4, gap: float = 0.02) -> Load:
+    """wrk (kept-alive, or a new connection per request with ``close``) and one held
+    connection, east-west to the web ClusterIP and/or north-south to the NodePort."""
+    load = Load()
+    script = tools.wrk_script(bench.lab.run_dir)
+    targets = []
+    if ew:
+        targets.append(("ew", bench.services["web"].cluster_ip, 80,
+                        lambda argv, name: bench.cluster.spawn(bench.client, argv, name=name)))
+    if ns:
+        targets.append(("ns", bench.entry_ip, WEB_NODE_PORT,
+                        lambda argv, name: bench.lab.spawn(bench.outside, argv, name=name)))
+    for label, host, port, spawn in targets:
+        argv = tools.wrk_argv(f"http://{host}:{port}/", script, seconds=600,
+                              connections=connections, threads=1, close=close)
+        load.wrk.append((f"wrk-{label}", spawn(argv, f"wrk-{label}")))
+        held = [sys.executable, "-I", "-S", "-c", HELD_CONNECTION, host, str(port), str(gap)]
+        load.held.append((f"held-{label}", spawn(held, f"held-{label}")))
+    deadline = time.monotonic() + 10
+    for label, proc in load.held:
+        while '"connected"' not in proc.output():
+            if not proc.alive() or time.monotonic() > deadline:
+                load.finish()
+                raise AssertionError(f"{label} could not connect: {proc.output()}")
+            time.sleep(0.02)
+    time.sleep(0.5)  # wrk is connected and running
+    return load
+
+
+def assert_load_clean(results: dict[str, dict[str, Any]]) -> None:
+    """Zero failed wrk requests, and every held connection answered by one backend."""
+    for label, r in results.items():
+        if label.startswith("wrk"):
+            assert r["requests"] > 0, (label, r)
+            assert r["errors"] == 0, (label, r)
+        else:
+            assert r["errors"] == [], (label, r)
+            assert r["requests"] > 10, (label, r)
+            assert len(r["backends"]) == 1, (label, r)  # kept its backend throughout
+
+
+class Sampler:
+    """Calls ``probe()`` in a thread until stopped; keeps every distinct answer with a
+    count. ``probe`` reads the kernel (what is attached now)."""
+
+    def __init__(self, probe: Callable[[], Any]) -> None:
+        self.probe = probe
+        self.seen: dict[str, int] = {}
+        self.samples = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                key = json.dumps(self.probe(), sort_keys=True)
+            except Exception as exc:  # recorded: a probe that fails is a finding too
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(0.01)
+                continue
+            self.seen[key] = self.seen.get(key, 0) + 1
+            self.samples += 1
+
+
+def kill_and_restart(bench: BenchCluster, agents: Sequence[Agent], *,
+                     between: Callable[[], None] = lambda: None,
+                     timeout: float = 60) -> None:
+    """SIGKILL every agent (no cleanup of any kind runs), ``between()``, then start
+    each again on its own config and wait until it holds its plan (read back)."""
+    for agent in agents:
+        assert agent.proc is not None and agent.proc.alive(), agent.proc.output()
+        agent.proc.popen.send_signal(signal.SIGKILL)
+    for agent in agents:
+        agent.proc.popen.wait(10)
+        assert agent.proc.popen.returncode == -signal.SIGKILL
+    between()
+    for agent in agents:
+        agent.proc = bench.lab.spawn(
+            agent.node.ns, [*lbcore_argv(), "-v", "run", "-c", str(agent.config)],
+            cgroup=agent.node.agent_cgroup, name=f"{agent.name}-restarted")
+    wait_healthy(bench.cluster, agents, timeout)
