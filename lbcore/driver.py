@@ -51,6 +51,10 @@ class Capabilities:
     # Which clients the datapath serves (see CLIENT_KINDS). None (drivers written before
     # this field): inferred by ``served_clients`` from ``frontend_types``.
     clients: frozenset[str] | None = None
+    # The datapath translates with netfilter conntrack NAT (iptables, nftables): its
+    # established flows keep their translation only while conntrack stays enabled in
+    # the namespace (a live switch away from it keeps it on: lbcore.ctkeep).
+    conntrack_nat: bool = False
 
     def served_clients(self) -> frozenset[str]:
         """``clients``, or when unset: pods for a driver that programs ClusterIPs (east-west),

@@ -381,7 +381,8 @@ class Agent:
                 LOG.error("switch to driver %s abandoned, %s keeps the datapath: %s",
                           config.driver, old.name, exc, exc_info=not isinstance(exc, LBCoreError))
                 return False
-            switch.take_down(old)  # only now: the new datapath holds the plan, read back
+            # Only now: the new datapath holds the plan, read back.
+            switch.take_down(old, self.capabilities, self.config, up)
             self.driver, self.config = up.driver, config
             self._capabilities, self._expander = up.capabilities, up.expander
             self._set_up, self._force_full, self._last_full = True, False, start

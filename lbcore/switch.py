@@ -17,7 +17,9 @@ Why no connection fails, in either direction between a per-packet datapath
   ``connect()`` to a ClusterIP leaves the socket already addressed to a backend, so
   the nat table never sees the ClusterIP and its rules stop mattering; connections
   made before were DNATed by conntrack, and a conntrack entry keeps its NAT binding
-  after the rules that created it are deleted, so they live on after step 3.
+  after the rules that created it are deleted, so they live on after step 3 — as
+  long as conntrack stays enabled in the namespace, which the kernel turns off when
+  the last rule using it goes: step 3 first installs a keeper (:mod:`lbcore.ctkeep`).
 * *socklb -> iptables*: the nat rules are complete (step 2) before the hooks are
   detached; until then the hooks translate first and the rules see backend addresses
   only; after, a ``connect()`` to the ClusterIP meets the rules. Sockets connected by
@@ -36,9 +38,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from . import ctkeep
 from .config import Config
 from .driver import Capabilities
 from .errors import DriverError
@@ -106,6 +110,7 @@ class BroughtUp:
     capabilities: Capabilities
     expander: IncrementalExpander
     state: DesiredState  # what it holds now (verified)
+    driver_options: Mapping[str, Any]
 
 
 def bring_up(config: Config, factory: Callable[[Config], GuardedDriver],
@@ -135,18 +140,26 @@ def bring_up(config: Config, factory: Callable[[Config], GuardedDriver],
         except Exception as exc:
             LOG.error("removing what %s set up failed: %s", driver.name, exc)
         raise
-    return BroughtUp(driver, caps, expander, state)
+    return BroughtUp(driver, caps, expander, state, config.driver_options)
 
 
-def take_down(old: GuardedDriver) -> None:
-    """Step 3: remove the old datapath. A failure leaves both in place (the new one
-    serves first), which is logged with the way out."""
+def take_down(old: GuardedDriver, old_caps: Capabilities, old_config: Config,
+              new: BroughtUp) -> None:
+    """Step 3: remove the old datapath. Leaving a conntrack-NAT datapath for one that
+    needs no conntrack, conntrack is kept on first (:mod:`lbcore.ctkeep`): the flows
+    the old one NATed must keep their translation after its rules are gone. A failure
+    leaves both in place (the new one serves first), which is logged with the way out."""
+    netns = ctkeep.netns_path(old_config.driver_options.get("netns"))
+    if old_caps.conntrack_nat and not new.capabilities.conntrack_nat:
+        ctkeep.keep(netns)
     try:
         old.cleanup()
         old.close()
     except Exception as exc:
         LOG.error("removing the %s datapath failed: %s; both are in place now, run "
                   "`lbcore cleanup` with a config naming driver %s", old.name, exc, old.name)
+    if new.capabilities.conntrack_nat:  # its own rules use conntrack now
+        ctkeep.release(ctkeep.netns_path(new.driver_options.get("netns")))
 
 
 def lost_clients(old: Capabilities, new: Capabilities) -> frozenset[str]:

@@ -11,6 +11,7 @@ on the node network (north-south: to control-plane's NodePort).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,10 +20,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lbcore.bench import tools
-from lbcore.bench.env import WEB_NODE_PORT, BenchCluster
+from lbcore.bench.env import AGENT_OPTIONS, WEB_NODE_PORT, BenchCluster
 from lbcore.lab.agents import Agent, lbcore_argv, wait_healthy
 from lbcore.lab.procs import Proc
 
@@ -186,3 +188,79 @@ def kill_and_restart(bench: BenchCluster, agents: Sequence[Agent], *,
             agent.node.ns, [*lbcore_argv(), "-v", "run", "-c", str(agent.config)],
             cgroup=agent.node.agent_cgroup, name=f"{agent.name}-restarted")
     wait_healthy(bench.cluster, agents, timeout)
+
+
+HEALTHZ_PORT = 10256
+
+
+def start_agent(bench: BenchCluster, node: Any, driver: str, *, name: str | None = None,
+                options: dict[str, Any] | None = None) -> Agent:
+    """One ``lbcore -v run --healthz-bind-address 127.0.0.1:10256`` on ``node`` (in its
+    namespace: every node has its own 127.0.0.1), config ``<node>.<name>.yaml``."""
+    from lbcore.lab.agents import DRIVER_OPTIONS, netns_local_options, write_config
+
+    if options is None:
+        fn = AGENT_OPTIONS.get(driver) or DRIVER_OPTIONS.get(driver, netns_local_options)
+        options = fn(bench.cluster, node)
+    bench.cluster.controller.write()
+    config = write_config(bench.cluster, node, driver, options)
+    if name is not None:
+        config = config.rename(config.with_name(f"{node.name}.{name}.yaml"))
+    agent = Agent(node, driver, config)
+    agent.proc = bench.lab.spawn(
+        node.ns, [*lbcore_argv(), "-v", "run", "-c", str(config),
+                  "--healthz-bind-address", f"127.0.0.1:{HEALTHZ_PORT}"],
+        cgroup=node.agent_cgroup, name=f"lbcore-{name or driver}-{node.name}")
+    bench.cluster.agents.append(agent)
+    return agent
+
+
+def config_for(bench: BenchCluster, node: Any, driver: str) -> str:
+    """The text of an agent config for ``driver`` on ``node`` (lab options)."""
+    from lbcore.lab.agents import DRIVER_OPTIONS, netns_local_options, write_config
+
+    fn = AGENT_OPTIONS.get(driver) or DRIVER_OPTIONS.get(driver, netns_local_options)
+    path = write_config(bench.cluster, node, driver, fn(bench.cluster, node))
+    text = path.read_text()
+    path.unlink()
+    return text
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Replace a file atomically (as an editor or a ConfigMap update does)."""
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def scrape(bench: BenchCluster, agent: Agent, path: str = "/metrics") -> tuple[int, str]:
+    """HTTP GET of the agent's health port, from inside its node's namespace."""
+    r = bench.lab.run(agent.node.ns, ["curl", "-s", "-o", "-", "-w", "\n%{http_code}",
+                                      f"http://127.0.0.1:{HEALTHZ_PORT}{path}"], timeout=10)
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def metric(text: str, name: str, labels: str = "") -> float | None:
+    """The value of one sample in Prometheus text (``labels`` as printed, e.g.
+    ``map_name="lbc_svc"``), or None."""
+    want = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 30,
+             proc: Proc | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"{what}: {proc.name} exited:\n{proc.output()[-3000:]}")
+        if time.monotonic() > deadline:
+            tail = proc.output()[-3000:] if proc is not None else ""
+            raise AssertionError(f"{what}: not within {timeout}s\n{tail}")
+        time.sleep(0.1)
