@@ -158,6 +158,8 @@ class Agent:
         self._signals: deque[int] = deque()
         self._config_file: switch.ConfigFile | None = None
         self._next_config_check = 0.0
+        self._switch_retry_at: float | None = None  # a failed switch is retried then
+        self._switch_backoff = Backoff(initial=2.0, maximum=60.0)
         self.metrics.add_collector("map-pressure", self._map_pressure_series)
         self.metrics.add_collector("source", self._source_series)
 
@@ -397,10 +399,14 @@ class Agent:
 
     def check_config(self, *, force: bool = False) -> None:
         """Apply a changed ``lbcore.yaml``: switch drivers live, or say what needs a
-        restart. An unreadable or invalid file changes nothing."""
+        restart. An unreadable or invalid file changes nothing. A switch that failed
+        (the new datapath could not be brought up) is retried with backoff for as long
+        as the file asks for it."""
         if self._config_file is None:
             return
-        if not self._config_file.changed() and not force:
+        changed = self._config_file.changed() or force
+        retry = self._switch_retry_at is not None and self.clock.now() >= self._switch_retry_at
+        if not (changed or retry):
             return
         try:
             new = load_config(self.config.path)
@@ -408,11 +414,19 @@ class Agent:
             LOG.error("ignoring the changed config: %s", exc)
             return
         change = switch.diff_config(self.config, new)
-        if change.needs_restart:
+        if change.needs_restart and changed:
             LOG.warning("%s: %s changed; restart the agent to apply (running on as before)",
                         self.config.path, ", ".join(change.needs_restart))
-        if change.switch_to is not None:
-            self.switch_driver(change.switch_to)
+        if change.switch_to is None:
+            self._switch_retry_at = None
+            return
+        if self.switch_driver(change.switch_to):
+            self._switch_retry_at = None
+            self._switch_backoff.reset()
+        else:
+            delay = self._switch_backoff.next()
+            self._switch_retry_at = self.clock.now() + delay
+            LOG.info("retrying the switch to %s in %.1f s", change.switch_to.driver, delay)
 
     # ---------------------------------------------------------------- collectors
 

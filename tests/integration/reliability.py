@@ -72,6 +72,37 @@ HELD_CONNECTION = textwrap.dedent("""\
     """)
 
 
+# New connections in a row (connect, GET /, read to the end, close) until SIGTERM; the
+# connect timeout is 5 s (a SYN retransmitted twice still counts as answered). Prints
+# {"requests", "errors": [...], "max_seconds", "slow": requests that took > 0.5 s}.
+CONNECTOR = textwrap.dedent("""\
+    import json, signal, socket, sys, time
+    host, port = sys.argv[1], int(sys.argv[2])
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    n, errors, worst, slow = 0, [], 0.0, 0
+    while not stop:
+        t0 = time.monotonic()
+        try:
+            s = socket.create_connection((host, port), timeout=5)
+            s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            s.close()
+            if not data.startswith(b"HTTP/1.1 200"):
+                errors.append("%.3f %r" % (time.time(), data[:40]))
+            n += 1
+        except OSError as e:
+            errors.append("%.3f %s" % (time.time(), e))
+        took = time.monotonic() - t0
+        worst, slow = max(worst, took), slow + (took > 0.5)
+        time.sleep(0.005)
+    print(json.dumps({"requests": n, "errors": errors, "max_seconds": round(worst, 3),
+                      "slow": slow}), flush=True)
+    """)
+
+
 @dataclass
 class Load:
     """wrk and held connections running in the background; ``finish`` stops them and
@@ -79,6 +110,7 @@ class Load:
 
     wrk: list[tuple[str, Proc]] = field(default_factory=list)
     held: list[tuple[str, Proc]] = field(default_factory=list)
+    connectors: list[tuple[str, Proc]] = field(default_factory=list)
 
     def finish(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -90,7 +122,7 @@ class Load:
             except subprocess.TimeoutExpired:
                 proc.stop()
             out[label] = tools.parse_wrk(proc.output())
-        for label, proc in self.held:
+        for label, proc in self.held + self.connectors:
             proc.stop(timeout=10)
             lines = [ln for ln in proc.output().splitlines() if ln.startswith("{")]
             out[label] = json.loads(lines[-1]) if lines else {"errors": [proc.output()]}
@@ -98,9 +130,11 @@ class Load:
 
 
 def start_load(bench: BenchCluster, *, ew: bool, ns: bool, close: bool = False,
-               connections: int = 4, gap: float = 0.02) -> Load:
+               connections: int = 4, gap: float = 0.02, connector: bool = False) -> Load:
     """wrk (kept-alive, or a new connection per request with ``close``) and one held
-    connection, east-west to the web ClusterIP and/or north-south to the NodePort."""
+    connection, east-west to the web ClusterIP and/or north-south to the NodePort;
+    with ``connector`` also a client that times every new connection (wrk does not
+    count a connect that hangs as an error)."""
     load = Load()
     script = tools.wrk_script(bench.lab.run_dir)
     targets = []
@@ -116,6 +150,9 @@ def start_load(bench: BenchCluster, *, ew: bool, ns: bool, close: bool = False,
         load.wrk.append((f"wrk-{label}", spawn(argv, f"wrk-{label}")))
         held = [sys.executable, "-I", "-S", "-c", HELD_CONNECTION, host, str(port), str(gap)]
         load.held.append((f"held-{label}", spawn(held, f"held-{label}")))
+        if connector:
+            argv = [sys.executable, "-I", "-S", "-c", CONNECTOR, host, str(port)]
+            load.connectors.append((f"connector-{label}", spawn(argv, f"connector-{label}")))
     deadline = time.monotonic() + 10
     for label, proc in load.held:
         while '"connected"' not in proc.output():
@@ -133,6 +170,8 @@ def assert_load_clean(results: dict[str, dict[str, Any]]) -> None:
         if label.startswith("wrk"):
             assert r["requests"] > 0, (label, r)
             assert r["errors"] == 0, (label, r)
+        elif label.startswith("connector"):
+            assert r["requests"] > 0 and r["errors"] == [], (label, r)
         else:
             assert r["errors"] == [], (label, r)
             assert r["requests"] > 10, (label, r)

@@ -306,3 +306,35 @@ def test_diff_config_only_switches_on_a_new_driver_name():
     change = diff_config(a, b)
     assert change.switch_to is not None and change.switch_to.driver == "socklb"
     assert change.switch_to.driver_options == {"cgroup_path": "/c"}
+
+
+def test_a_failed_switch_is_retried_with_backoff_while_the_config_asks(tmp_path):
+    path = tmp_path / "lbcore.yaml"
+    raw = {"driver": "fake", "node": {"name": "node-a", "addresses": ["172.18.0.2"]},
+           "source": {"kind": "memory"}}
+    path.write_text(yaml.safe_dump(raw))
+    failures = [DriverError("other", "xtables lock held")]
+
+    class Locked(OtherDriver):
+        def setup(self):
+            super().setup()
+            if failures:
+                raise failures.pop(0)
+
+    factory, made = factory_of(Locked)
+    agent, old, _source, clock = make_agent(factory=factory)
+    agent.config = load_config(path)
+    agent.refresh()
+    agent.sync()
+    from lbcore.switch import ConfigFile
+
+    agent._config_file = ConfigFile(path)
+    path.write_text(yaml.safe_dump({**raw, "driver": "other"}))
+    agent.check_config()
+    assert agent.driver.inner is old and len(made) == 1
+    agent.check_config()  # not due yet
+    assert len(made) == 1
+    clock.advance(2.0)
+    agent.check_config()  # the retry: works now
+    assert agent.driver.name == "other" and len(made) == 2
+    assert "cleanup" in old.calls
