@@ -233,9 +233,13 @@ HEALTHZ_PORT = 10256
 
 
 def start_agent(bench: BenchCluster, node: Any, driver: str, *, name: str | None = None,
-                options: dict[str, Any] | None = None) -> Agent:
+                options: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                runner: dict[str, float] | None = None) -> Agent:
     """One ``lbcore -v run --healthz-bind-address 127.0.0.1:10256`` on ``node`` (in its
-    namespace: every node has its own 127.0.0.1), config ``<node>.<name>.yaml``."""
+    namespace: every node has its own 127.0.0.1), config ``<node>.<name>.yaml``;
+    ``runner`` overrides keys of the config's ``runner:``."""
+    import yaml
+
     from lbcore.lab.agents import DRIVER_OPTIONS, netns_local_options, write_config
 
     if options is None:
@@ -245,13 +249,23 @@ def start_agent(bench: BenchCluster, node: Any, driver: str, *, name: str | None
     config = write_config(bench.cluster, node, driver, options)
     if name is not None:
         config = config.rename(config.with_name(f"{node.name}.{name}.yaml"))
+    if runner:
+        raw = yaml.safe_load(config.read_text())
+        raw["runner"].update(runner)
+        config.write_text(yaml.safe_dump(raw, sort_keys=False))
     agent = Agent(node, driver, config)
-    agent.proc = bench.lab.spawn(
-        node.ns, [*lbcore_argv(), "-v", "run", "-c", str(config),
-                  "--healthz-bind-address", f"127.0.0.1:{HEALTHZ_PORT}"],
-        cgroup=node.agent_cgroup, name=f"lbcore-{name or driver}-{node.name}")
+    respawn(bench, agent, env)
     bench.cluster.agents.append(agent)
     return agent
+
+
+def respawn(bench: BenchCluster, agent: Agent, env: dict[str, str] | None = None) -> Proc:
+    """(Re)start ``agent``'s process on its config."""
+    agent.proc = bench.lab.spawn(
+        agent.node.ns, [*lbcore_argv(), "-v", "run", "-c", str(agent.config),
+                        "--healthz-bind-address", f"127.0.0.1:{HEALTHZ_PORT}"],
+        cgroup=agent.node.agent_cgroup, name=f"lbcore-{agent.config.stem}", env=env)
+    return agent.proc
 
 
 def config_for(bench: BenchCluster, node: Any, driver: str) -> str:
