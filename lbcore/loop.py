@@ -45,14 +45,15 @@ from typing import Any
 
 from . import switch
 from .clock import Clock, SystemClock
-from .config import Config, load_config
+from .config import Config
 from .driver import Capabilities, SyncResult
 from .errors import ConfigError, LBCoreError, SourceError, ValidationError
 from .expand import IncrementalExpander
 from .health import HealthStatus, ProxyHealth
 from .memory import freeze_survivors, gc_paused, release_free_memory
 from .metrics import Metrics, Series, map_pressure_series
-from .model import ClusterObjects, DesiredState, Frontend, NodeInfo, ServiceKey, SkippedService
+from .model import ClusterObjects, DesiredState, ServiceKey, SkippedService
+from .planning import ExpandFn, apply_capabilities, default_expand, expander_for
 from .plugins import GuardedDriver
 from .runner import Backoff, BoundedFrequencyRunner
 from .sources.base import Source
@@ -65,44 +66,7 @@ RELOAD_SIGNALS = (signal.SIGHUP,)
 SIGNAL_POLL = 0.2  # seconds: how soon a signal is acted on
 WATCH_RESTART_DELAY = 5.0  # seconds before a crashed source watch is restarted
 
-ExpandFn = Callable[..., DesiredState]  # (objects, node, *, service_proxy_name) -> state
 DriverFactory = Callable[[Config], GuardedDriver]
-
-
-def default_expand(
-    objects: ClusterObjects, node: NodeInfo, *, service_proxy_name: str | None = None
-) -> DesiredState:
-    from .expand import expand  # lazy: the CLI's `drivers` need not import conversion
-
-    return expand(objects, node, service_proxy_name=service_proxy_name)
-
-
-def expander_for(config: Config, caps: Capabilities, driver: str) -> IncrementalExpander:
-    """The expansion a driver with ``caps`` gets: unsupported frontends go to
-    ``skipped``; per-packet drivers get NodePorts on this node's addresses only."""
-    return IncrementalExpander(
-        config.node, config.service_proxy_name,
-        admit=lambda fe: _refusal(caps, driver, fe),
-        local_node_ports=caps.node_ports == "local")
-
-
-def _refusal(caps: Capabilities, driver: str, fe: Frontend) -> str | None:
-    reason = caps.unsupported(fe)
-    return None if reason is None else f"driver {driver}: {reason}"
-
-
-def apply_capabilities(state: DesiredState, caps: Capabilities, driver: str) -> DesiredState:
-    """``state`` without the frontends ``caps`` rejects; those move to ``skipped``."""
-    kept, skipped = [], list(state.skipped)
-    for fe in state.frontends:
-        reason = caps.unsupported(fe)
-        if reason is None:
-            kept.append(fe)
-        else:
-            skipped.append(SkippedService(fe.service, f"driver {driver}: {reason}", fe.address))
-    if len(kept) == len(state.frontends):
-        return state
-    return DesiredState(state.node, tuple(kept), tuple(skipped))
 
 
 @dataclass(frozen=True)
@@ -156,10 +120,8 @@ class Agent:
         self._source_failing = False
         self._reported_skips: frozenset[SkippedService] = frozenset()
         self._signals: deque[int] = deque()
-        self._config_file: switch.ConfigFile | None = None
+        self._config_watch: switch.ConfigWatch | None = None
         self._next_config_check = 0.0
-        self._switch_retry_at: float | None = None  # a failed switch is retried then
-        self._switch_backoff = Backoff(initial=2.0, maximum=60.0)
         self.metrics.add_collector("map-pressure", self._map_pressure_series)
         self.metrics.add_collector("source", self._source_series)
 
@@ -398,35 +360,9 @@ class Agent:
             return True
 
     def check_config(self, *, force: bool = False) -> None:
-        """Apply a changed ``lbcore.yaml``: switch drivers live, or say what needs a
-        restart. An unreadable or invalid file changes nothing. A switch that failed
-        (the new datapath could not be brought up) is retried with backoff for as long
-        as the file asks for it."""
-        if self._config_file is None:
-            return
-        changed = self._config_file.changed() or force
-        retry = self._switch_retry_at is not None and self.clock.now() >= self._switch_retry_at
-        if not (changed or retry):
-            return
-        try:
-            new = load_config(self.config.path)
-        except ConfigError as exc:
-            LOG.error("ignoring the changed config: %s", exc)
-            return
-        change = switch.diff_config(self.config, new)
-        if change.needs_restart and changed:
-            LOG.warning("%s: %s changed; restart the agent to apply (running on as before)",
-                        self.config.path, ", ".join(change.needs_restart))
-        if change.switch_to is None:
-            self._switch_retry_at = None
-            return
-        if self.switch_driver(change.switch_to):
-            self._switch_retry_at = None
-            self._switch_backoff.reset()
-        else:
-            delay = self._switch_backoff.next()
-            self._switch_retry_at = self.clock.now() + delay
-            LOG.info("retrying the switch to %s in %.1f s", change.switch_to.driver, delay)
+        """Apply a changed ``lbcore.yaml`` (:class:`lbcore.switch.ConfigWatch`)."""
+        if self._config_watch is not None:
+            self._config_watch.check(self, force=force)
 
     # ---------------------------------------------------------------- collectors
 
@@ -459,7 +395,7 @@ class Agent:
         self.health.updated()  # kube-proxy: healthy while starting up
         self.metrics.sync_queued(self.clock.wall())
         if self._driver_factory is not None:
-            self._config_file = switch.ConfigFile(self.config.path)
+            self._config_watch = switch.ConfigWatch(self.config.path, self.clock)
         # No read here: the source's watch calls back as soon as it is watching, and
         # that first read queues the initial (full) sync, so no change can fall
         # between a read and the start of the watch.

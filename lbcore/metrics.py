@@ -221,8 +221,10 @@ class Metrics:
 
 def map_pressure_series(pressure: Mapping[str, tuple[int, int]]) -> list[Series]:
     """``Driver.map_pressure()`` as Cilium's ``bpf_map_pressure`` (ratio) per map,
-    with the entry counts it is computed from."""
+    with the entry counts it is computed from. Nothing for a driver without maps."""
     names = sorted(pressure)
+    if not names:
+        return []
     return [
         Series("lbcore_bpf_map_pressure", "gauge",
                "Fill ratio of each BPF map (entries in use / max entries), as Cilium's "

@@ -43,12 +43,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import ctkeep
-from .config import Config
+from .clock import Clock
+from .config import Config, load_config
 from .driver import Capabilities
-from .errors import DriverError
+from .errors import ConfigError, DriverError
 from .expand import IncrementalExpander
 from .model import ClusterObjects, DesiredState, FrontendAddress, FrontendState
+from .planning import expander_for
 from .plugins import GuardedDriver
+from .runner import Backoff
 
 LOG = logging.getLogger(__name__)
 
@@ -82,6 +85,45 @@ class ConfigFile:
             return False
         self.seen = now
         return True
+
+
+class ConfigWatch:
+    """Applies changes of ``lbcore.yaml`` to a running agent: a new driver switches
+    live (``Agent.switch_driver``), anything else is reported as needing a restart.
+    An unreadable or invalid file changes nothing. A switch that failed (the new
+    datapath could not be brought up, e.g. its tools were locked) is retried with
+    backoff for as long as the file asks for it."""
+
+    def __init__(self, path: os.PathLike[str] | str, clock: Clock) -> None:
+        self.file = ConfigFile(path)
+        self.clock = clock
+        self.retry_at: float | None = None
+        self.backoff = Backoff(initial=2.0, maximum=60.0)
+
+    def check(self, agent: Any, *, force: bool = False) -> None:
+        changed = self.file.changed() or force
+        retry = self.retry_at is not None and self.clock.now() >= self.retry_at
+        if not (changed or retry):
+            return
+        try:
+            new = load_config(agent.config.path)
+        except ConfigError as exc:
+            LOG.error("ignoring the changed config: %s", exc)
+            return
+        change = diff_config(agent.config, new)
+        if change.needs_restart and changed:
+            LOG.warning("%s: %s changed; restart the agent to apply (running on as before)",
+                        agent.config.path, ", ".join(change.needs_restart))
+        if change.switch_to is None:
+            self.retry_at = None
+            return
+        if agent.switch_driver(change.switch_to):
+            self.retry_at = None
+            self.backoff.reset()
+        else:
+            delay = self.backoff.next()
+            self.retry_at = self.clock.now() + delay
+            LOG.info("retrying the switch to %s in %.1f s", change.switch_to.driver, delay)
 
 
 @dataclass(frozen=True)
@@ -118,8 +160,6 @@ def bring_up(config: Config, factory: Callable[[Config], GuardedDriver],
              old_name: str) -> BroughtUp:
     """Steps 1 and 2: the new driver set up, fully synced with ``objects`` and verified
     by read back. On any failure what it set up is removed again and the error raised."""
-    from .loop import expander_for  # the agent's expansion rules; loop imports us
-
     driver = factory(config)
     caps = driver.capabilities()
     expander = expander_for(config, caps, driver.name)

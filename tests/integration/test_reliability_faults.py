@@ -262,3 +262,48 @@ def test_source_file_vanishing_keeps_the_last_good_state(bench, agents):
     assert "readable again; the next sync is full" in out and "full sync" in out
     _, text = scrape(bench, agent)
     assert metric(text, "lbcore_source_stale") == 0
+
+
+KUBE_PROXY_METRICS = (
+    "kubeproxy_sync_proxy_rules_duration_seconds",
+    "kubeproxy_sync_full_proxy_rules_duration_seconds",
+    "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+    "kubeproxy_network_programming_duration_seconds",
+    "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+    "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+    "kubeproxy_sync_proxy_rules_service_changes_pending",
+    "kubeproxy_sync_proxy_rules_service_changes_total",
+    "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+    "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+    "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+    "kubeproxy_proxy_healthz_total",
+)
+
+
+def test_a_real_agent_serves_kube_proxy_health_and_metrics(bench, agents):
+    import json
+
+    cp = bench.client.node
+    agent = start_agent(bench, cp, "iptables", name="metrics")
+    agents.append(agent)
+    wait_healthy(bench.cluster, [agent], timeout=30)
+    code, body = scrape(bench, agent, "/healthz")
+    assert code == 200, body
+    health = json.loads(body)
+    assert set(health) == {"lastUpdated", "currentTime", "nodeEligible"}
+    assert health["lastUpdated"] == health["currentTime"] and health["nodeEligible"] is True
+    code, body = scrape(bench, agent, "/livez")
+    assert code == 200 and set(json.loads(body)) == {"lastUpdated", "currentTime"}
+    bench.set_probe("web-1")
+    bench.cluster.controller.write()
+    wait_for("the change", lambda: probe_backend(bench) == "web-1", proc=agent.proc)
+    code, text = scrape(bench, agent)
+    assert code == 200
+    types = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE ")}
+    assert set(KUBE_PROXY_METRICS) <= types, set(KUBE_PROXY_METRICS) - types
+    assert metric(text, "kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 1
+    assert metric(text, "kubeproxy_network_programming_duration_seconds_count") >= 2
+    assert metric(text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") > 1.6e9
+    assert metric(text, "kubeproxy_proxy_healthz_total", 'code="200"') == 1
+    assert metric(text, "lbcore_driver_info", 'driver="iptables"') == 1
+    assert "lbcore_bpf_map_pressure" not in types  # iptables has no BPF maps

@@ -19,7 +19,7 @@ from lbcore.loop import Agent
 from lbcore.metrics import render_prometheus
 from lbcore.model import Node, NodeInfo
 from lbcore.plugins import GuardedDriver
-from lbcore.switch import diff_config
+from lbcore.switch import ConfigWatch, diff_config
 from lbcore.testing import FakeDriver, MemorySource, cluster, endpoint_slice, naive_expand, service
 
 NODE = NodeInfo("node-a", ("172.18.0.2",))
@@ -279,9 +279,7 @@ def test_config_file_change_switches_and_other_changes_need_a_restart(tmp_path, 
     agent.config = load_config(path)
     agent.refresh()
     agent.sync()
-    from lbcore.switch import ConfigFile
-
-    agent._config_file = ConfigFile(path)
+    agent._config_watch = ConfigWatch(path, agent.clock)
     path.write_text(yaml.safe_dump({**raw, "driver_options": {"x": 1}}))
     with caplog.at_level(logging.WARNING, logger="lbcore"):
         agent.check_config()
@@ -326,9 +324,7 @@ def test_a_failed_switch_is_retried_with_backoff_while_the_config_asks(tmp_path)
     agent.config = load_config(path)
     agent.refresh()
     agent.sync()
-    from lbcore.switch import ConfigFile
-
-    agent._config_file = ConfigFile(path)
+    agent._config_watch = ConfigWatch(path, agent.clock)
     path.write_text(yaml.safe_dump({**raw, "driver": "other"}))
     agent.check_config()
     assert agent.driver.inner is old and len(made) == 1
