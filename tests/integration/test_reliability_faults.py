@@ -63,7 +63,7 @@ def agents(bench):
     problems = stop_agents(bench.cluster, started)
     bench.set_probe("web-0")
     bench.cluster.controller.write()
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 def probe_backend(bench: BenchCluster) -> str:
@@ -126,10 +126,14 @@ def test_iptables_restore_fails_while_the_xtables_lock_is_held(bench, agents):
     assert metric(text, "kubeproxy_proxy_healthz_total", 'code="503"') >= 1
     assert metric(text, "kubeproxy_sync_proxy_rules_service_changes_pending") == 0
     assert metric(text, "kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 1
+    # Stopped here, not by the fixture: its cleanup takes the machine-wide xtables lock,
+    # not this agent's, so it must not overlap a restore of this agent's.
+    assert agent.proc.stop(timeout=30) == 0, agent.proc.output()
 
 
 def test_socklb_map_full_keeps_the_maps_and_recovers(bench, agents):
     cp = bench.client.node
+    bench.render(33)  # 30 more services than the three: more slots than the map has
     options = {**socklb_options(bench.cluster, cp), "service_map_max": 32,
                "bpffs_path": str(bench.cluster.bpffs / f"{cp.name}-small")}
     agent = start_agent(bench, cp, "socklb", name="small", options=options)
@@ -142,7 +146,6 @@ def test_socklb_map_full_keeps_the_maps_and_recovers(bench, agents):
     assert metric(text, "lbcore_bpf_map_pressure", 'map_name="lbc_svc"') == used / 32
     load = start_load(bench, ew=True, ns=False, close=True, connections=2, connector=True)
     try:
-        bench.render(33)  # 30 more services: more slots than the map has
         bench.install(33, "web-1")
         wait_for("two refused syncs", lambda: len(retry_delays(agent.proc.output())) >= 2,
                  timeout=30, proc=agent.proc)

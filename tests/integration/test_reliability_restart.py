@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,9 @@ def test_kill_9_and_restart_under_load(bench, driver):
                           ns=not_supported(driver, "ns") is None, close=True, connections=2)
         try:
             with Sampler(probe) as sampler:
+                started = time.monotonic()
                 kill_and_restart(bench, agents)
+                took = time.monotonic() - started  # SIGKILL to both agents holding the plan
         finally:
             results = load.finish()
         assert sampler.errors == [], sampler.errors[:5]
@@ -203,7 +206,7 @@ def test_kill_9_and_restart_under_load(bench, driver):
                 for node in bench.cluster.nodes:
                     seen = {json.dumps(sorted(json.loads(k)[node].values())) for k in sampler.seen}
                     assert len(seen) >= 2, (node, seen)
-        print(f"{driver}: {sampler.samples} samples, load {results}, "
+        print(f"{driver}: restart {took:.1f} s, {sampler.samples} samples, load {results}, "
               f"loadavg {Path('/proc/loadavg').read_text().split()[:3]}")
     finally:
         problems = stop_agents(bench.cluster, agents) if agents else []

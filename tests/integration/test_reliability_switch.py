@@ -123,7 +123,10 @@ def test_iptables_to_socklb_and_back_under_load(bench):
             assert "Traceback" not in out, out
             assert out.index("switching the datapath from iptables to socklb") < out.index(
                 "switched the datapath from iptables to socklb")
-        print(f"switch: {results}, loadavg {Path('/proc/loadavg').read_text().split()[:3]}")
+        took = [ln.rsplit("(", 1)[1].rstrip(")") for a in agents
+                for ln in a.proc.output().splitlines() if "switched the datapath" in ln]
+        loadavg = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"switch: {took} per agent and switch, {results}, loadavg {loadavg}")
     finally:
         for agent in agents:
             if agent.proc is not None:
