@@ -46,9 +46,15 @@ def _run(netns: str | None, tool: str, *args: str, stdin: str | None = None
 
 
 def installed(netns: str | None = None) -> bool:
+    """Is the keeper there? Reads only: no lock taken, no table loaded (a namespace
+    without a legacy filter table has no keeper)."""
     if shutil.which(TOOL) is None:
         return False
-    return _run(netns, TOOL, "-w", "5", "-S", CHAIN).returncode == 0
+    tables = _run(netns, "cat", "/proc/net/ip_tables_names")
+    if "filter" not in tables.stdout.split():
+        return False
+    saved = _run(netns, f"{TOOL}-save", "-t", "filter")
+    return f":{CHAIN} " in saved.stdout
 
 
 def keep(netns: str | None = None) -> bool:
