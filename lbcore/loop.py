@@ -297,14 +297,15 @@ class Agent:
             self.runner.retry_after(delay)
 
     def _setup(self) -> None:
-        try:
-            self.driver.setup()
-        except ConfigError:
-            raise
-        except Exception:
-            self.metrics.setup_failed()
-            raise
-        self._set_up = True
+        with self._sync_lock:  # not while a live switch replaces the driver
+            try:
+                self.driver.setup()
+            except ConfigError:
+                raise
+            except Exception:
+                self.metrics.setup_failed()
+                raise
+            self._set_up = True
 
     def sync_once(self, *, dry_run: bool = False) -> SyncOutcome:
         """``lbcore sync``: read (errors raise), plan, and unless ``dry_run`` set up

@@ -58,16 +58,18 @@ def bench():
 
 @pytest.fixture
 def agents(bench):
+    """The agents a test starts (``start_agent`` adds each to ``cluster.agents``)."""
     started = bench.cluster.agents = []
     yield started
-    problems = stop_agents(bench.cluster, started)
+    problems = stop_agents(bench.cluster, list(dict.fromkeys(started)))
     bench.set_probe("web-0")
     bench.cluster.controller.write()
     assert problems == [], "\n".join(problems)
 
 
 def probe_backend(bench: BenchCluster) -> str:
-    r = bench.cluster.curl(bench.client, f"http://{bench.services['probe'].cluster_ip}/")
+    r = bench.cluster.curl(bench.client, f"http://{bench.services['probe'].cluster_ip}/",
+                           timeout=10)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip().removeprefix("backend=")
 
@@ -91,7 +93,6 @@ def test_iptables_restore_fails_while_the_xtables_lock_is_held(bench, agents):
     lockfile = bench.lab.run_dir / "xtables.lock"
     agent = start_agent(bench, cp, "iptables", name="lock", runner={"health_timeout": 8},
                         env={"XTABLES_LOCKFILE": str(lockfile)})
-    agents.append(agent)
     wait_healthy(bench.cluster, [agent], timeout=30)
     assert probe_backend(bench) == "web-0"
     rules = nat_rules(bench, cp)
@@ -137,7 +138,6 @@ def test_socklb_map_full_keeps_the_maps_and_recovers(bench, agents):
     options = {**socklb_options(bench.cluster, cp), "service_map_max": 32,
                "bpffs_path": str(bench.cluster.bpffs / f"{cp.name}-small")}
     agent = start_agent(bench, cp, "socklb", name="small", options=options)
-    agents.append(agent)
     wait_healthy(bench.cluster, [agent], timeout=60)
     before = services_json(bench.cluster, agent)
     _, text = scrape(bench, agent)
@@ -200,7 +200,6 @@ def test_program_that_fails_to_load_is_retried_while_the_old_one_serves(bench, a
     env = {"BCC_KERNEL_SOURCE": str(headers)}
     agent = start_agent(bench, cp, "socklb", name="load", env=env,
                         runner={"health_timeout": 6})
-    agents.append(agent)
     wait_healthy(bench.cluster, [agent], timeout=60)
     ids = {p.id for progs in loader.attachments(str(cp.pods_cgroup)).values() for p in progs}
     load = start_load(bench, ew=True, ns=False, close=True, connections=2, connector=True)
@@ -239,7 +238,6 @@ def test_program_that_fails_to_load_is_retried_while_the_old_one_serves(bench, a
 def test_source_file_vanishing_keeps_the_last_good_state(bench, agents):
     cp = bench.client.node
     agent = start_agent(bench, cp, "iptables", name="vanish")
-    agents.append(agent)
     wait_healthy(bench.cluster, [agent], timeout=30)
     rules, before = nat_rules(bench, cp), services_json(bench.cluster, agent)
     objects = bench.cluster.controller.path
@@ -288,7 +286,6 @@ def test_a_real_agent_serves_kube_proxy_health_and_metrics(bench, agents):
 
     cp = bench.client.node
     agent = start_agent(bench, cp, "iptables", name="metrics")
-    agents.append(agent)
     wait_healthy(bench.cluster, [agent], timeout=30)
     code, body = scrape(bench, agent, "/healthz")
     assert code == 200, body
