@@ -321,3 +321,27 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 30,
             tail = proc.output()[-3000:] if proc is not None else ""
             raise AssertionError(f"{what}: not within {timeout}s\n{tail}")
         time.sleep(0.1)
+
+
+def stop_and_clean(bench: BenchCluster, agents: Sequence[Agent], tries: int = 4) -> list[str]:
+    """SIGTERM the agents, then ``lbcore cleanup`` each; a cleanup that found the
+    machine-wide xtables lock taken (other users of this shared machine) is retried.
+    Returns the problems left."""
+    from lbcore.lab.agents import lbcore_in_node
+
+    agents = list(dict.fromkeys(agents))
+    for agent in agents:
+        if agent.proc is not None:
+            agent.proc.stop(timeout=10)
+    problems = []
+    for agent in agents:
+        for attempt in range(tries):
+            r = lbcore_in_node(bench.cluster, agent.node, "cleanup", "-c", str(agent.config))
+            if r.returncode == 0:
+                break
+            if "xtables lock" not in r.stderr or attempt == tries - 1:
+                problems.append(f"cleanup {agent.name}: {r.stderr.strip()}")
+                break
+            time.sleep(1)
+    bench.cluster.agents = [a for a in bench.cluster.agents if a not in agents]
+    return problems

@@ -29,7 +29,7 @@ import pytest
 
 from lbcore.bench.env import BenchCluster
 from lbcore.lab import NetLab
-from lbcore.lab.agents import services_json, socklb_options, stop_agents, wait_healthy
+from lbcore.lab.agents import services_json, socklb_options, wait_healthy
 from lbcore_socklb import loader
 
 from .reliability import (
@@ -39,6 +39,7 @@ from .reliability import (
     scrape,
     start_agent,
     start_load,
+    stop_and_clean,
     wait_for,
 )
 
@@ -61,7 +62,7 @@ def agents(bench):
     """The agents a test starts (``start_agent`` adds each to ``cluster.agents``)."""
     started = bench.cluster.agents = []
     yield started
-    problems = stop_agents(bench.cluster, list(dict.fromkeys(started)))
+    problems = stop_and_clean(bench, started)
     bench.set_probe("web-0")
     bench.cluster.controller.write()
     assert problems == [], "\n".join(problems)

@@ -23,10 +23,10 @@ import pytest
 
 from lbcore.bench.env import BenchCluster, not_supported
 from lbcore.lab import NetLab
-from lbcore.lab.agents import services_json, stop_agents
+from lbcore.lab.agents import services_json
 from lbcore_iptables.render import HOOKS
 
-from .reliability import Sampler, assert_load_clean, kill_and_restart, start_load
+from .reliability import Sampler, assert_load_clean, kill_and_restart, start_load, stop_and_clean
 
 pytestmark = pytest.mark.netns
 # socklb last: its direct pod-to-backend connections leave TIME_WAIT 4-tuples that a
@@ -209,7 +209,7 @@ def test_kill_9_and_restart_under_load(bench, driver):
         print(f"{driver}: restart {took:.1f} s, {sampler.samples} samples, load {results}, "
               f"loadavg {Path('/proc/loadavg').read_text().split()[:3]}")
     finally:
-        problems = stop_agents(bench.cluster, agents) if agents else []
+        problems = stop_and_clean(bench, agents) if agents else []
         assert problems == []
 
 
