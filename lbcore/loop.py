@@ -115,7 +115,7 @@ class Agent:
         self._force_full = True
         self._last_full: float | None = None
         self._set_up = False
-        self._retry_at: float | None = None  # after a failure: no attempt before this
+        self._retry_at: float | None = None  # after a failed setup: none before this
         self._fatal: LBCoreError | None = None
         self._source_failing = False
         self._reported_skips: frozenset[SkippedService] = frozenset()
@@ -273,9 +273,11 @@ class Agent:
         if self._fatal is not None:
             return  # the agent is stopping
         now = self.clock.now()
-        if self._retry_at is not None and now < self._retry_at:
-            # Backing off after a failure: this request waits for the retry (a run
-            # request that woke the runner early consumed its schedule: renew it).
+        if not self._set_up and self._retry_at is not None and now < self._retry_at:
+            # A setup (a compile) backing off: a source change cannot fix it, so it
+            # waits for the retry (the request consumed the runner's schedule: renew
+            # it). A failed *sync* is retried at once on a change, as kube-proxy
+            # does: the change may be what fixes it (fewer services for a full map).
             self.runner.retry_after(self._retry_at - now)
             return
         try:

@@ -129,28 +129,27 @@ def test_unhealthy_while_setup_keeps_failing():
 # ----------------------------------------------------------------- sync faults
 
 
-def test_changes_during_a_sync_backoff_wait_for_the_retry():
+def test_a_change_during_a_sync_backoff_is_tried_at_once_and_the_retry_stays():
     agent, driver, source, clock = make_agent()
     agent.refresh()
     agent.runner.run()
     agent.runner.step()
-    driver.sync_failures.append(DriverError("fake", "iptables-restore: lock held"))
+    driver.sync_failures += [DriverError("fake", "map full"), DriverError("fake", "map full")]
     source.put(cluster([WEB, DNS], [WEB_EPS, DNS_EPS]))
     agent.refresh()
     agent.runner.run()
-    agent.runner.step()  # fails
-    syncs = len(driver.syncs)
-    for _ in range(3):  # churn while backing off: no sync attempt
-        source.put(cluster([WEB], [endpoint_slice(WEB, [f"10.0.1.{7 + _}"])]))
-        agent.refresh()
-        agent.runner.run()
-        agent.runner.step()
-    assert len(driver.syncs) == syncs
-    clock.set(1.0)
-    agent.runner.step()  # the retry: full, with everything that changed meanwhile
-    assert len(driver.syncs) == syncs + 1 and driver.last_changed is None
-    state = driver.syncs[-1][0]
-    assert [b.ip for b in state.frontends_of(WEB.key)[0].backends] == ["10.0.1.9"]
+    agent.runner.step()  # fails: retry in 1 s
+    assert agent.runner.next_run() == 1.0
+    source.put(cluster([WEB], [WEB_EPS]))  # the change that fixes it (fewer services)
+    agent.refresh()
+    agent.runner.run()
+    agent.runner.step()  # tried at once (fails once more: retry in 2 s)
+    assert len(driver.syncs) == 3 and driver.last_changed is None
+    assert agent.runner.next_run() == 2.0
+    clock.set(2.0)
+    agent.runner.step()  # the retry, full, with what the source holds now
+    assert len(driver.syncs) == 4 and driver.last_changed is None
+    assert [fe.service for fe in driver.syncs[-1][0].frontends] == [WEB.key]
     assert agent.tracker.pending() == frozenset()
 
 
