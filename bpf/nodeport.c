@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * North-south service load balancing on tc (clsact) of the node devices.
+ * North-south service load balancing on tc (clsact) of the node devices, IPv4 and IPv6.
  *
  * lbn_ingress: packets to a frontend (node address:nodePort, ExternalIP, LoadBalancer
  *   IP) get a backend once; every later packet of the flow follows its entry in the
@@ -10,29 +10,30 @@
  *     remote, snat mode  SNAT to the node address with a port from the configured
  *                        range + DNAT, redirected to the backend's node; the reply
  *                        comes back here and is translated back to the client.
- *     remote, dsr mode   the untouched packet goes IP-in-IP to the backend *pod*
- *                        address (routed to its node), the outer IP id carrying the
- *                        backend port; lbn_ingress on that node decapsulates, DNATs and
- *                        records the reverse entry, and its lbn_egress gives the reply
- *                        the frontend as source, straight to the client.
+ *     remote, dsr mode   the untouched packet goes in a carrier (IP-in-IP, IPv6-in-IPv6)
+ *                        to the backend *pod* address (routed to its node); lbn_ingress
+ *                        on that node finds the backend port in lbn_dsr, decapsulates,
+ *                        DNATs and records the reverse entry, and its lbn_egress gives
+ *                        the reply the frontend as source, straight to the client.
  *   Packets that match no frontend and no flow are left to the stack.
  * lbn_egress: reverse NAT of replies of local backends (and of DSR-delivered flows).
+ * ICMP errors quoting a tracked flow are translated like it (PMTU discovery).
+ * Conntrack state: lbcore/conntrack.h; the map operations are here, as bcc rewrites
+ * map calls in the main source file only.
  *
- * IPv4 only for now. Loaded by drivers/lbcore_tcnodeport/loader.py with bcc:
+ * Loaded by drivers/lbcore_tcnodeport/loader.py with bcc:
  *   -DLBCORE_PIN_DIR="<bpffs dir>"  where the maps are pinned (adopted on restart)
  *   -DLBN_*=<n>                     map sizes, Maglev table size, ct timeouts
  */
 #include <uapi/linux/bpf.h>
 
 #include "lbcore/nodeport.h"
-#include "lbcore/nat4.h"
+#include "lbcore/nat.h"
+#include "lbcore/icmp.h"
+#include "lbcore/conntrack.h"
 
 #ifndef LBCORE_PIN_DIR
 #error "LBCORE_PIN_DIR must name the bpffs directory for the pinned maps"
-#endif
-
-#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4
-#define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7) /* Linux 6.3; headers may be older */
 #endif
 
 BPF_TABLE_PINNED("hash", struct lb_svc_key, struct lbn_svc_val, lbn_svc,
@@ -43,142 +44,113 @@ BPF_TABLE_PINNED("hash", struct lbn_maglev_key, __u32, lbn_maglev,
 		 LBN_MAGLEV_MAP_MAX, LBCORE_PIN_DIR "/lbn_maglev", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lpm_trie", struct lbn_src_range_key, __u8, lbn_src_range,
 		 LBN_SRC_RANGE_MAP_MAX, LBCORE_PIN_DIR "/lbn_src_range", BPF_F_NO_PREALLOC);
-BPF_TABLE_PINNED("hash", struct lb_addr, __u8, lbn_local_ep,
-		 LBN_BACKEND_MAP_MAX, LBCORE_PIN_DIR "/lbn_local_ep", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct lbn_dsr_key, __be16, lbn_dsr,
+		 LBN_BACKEND_MAP_MAX, LBCORE_PIN_DIR "/lbn_dsr", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct lbn_config, lbn_cfg, 1, LBCORE_PIN_DIR "/lbn_cfg");
 BPF_TABLE_PINNED("lru_hash", struct lbn_ct_key, struct lbn_ct_val, lbn_ct,
 		 LBN_CT_MAP_MAX, LBCORE_PIN_DIR "/lbn_ct");
 
-#define LBN_NSEC 1000000000ULL
+/*
+ * Per-CPU scratch space for the rare paths (a new flow, a DSR delivery): the entry
+ * points inline everything, and their structs on the stack would pass the 512-byte
+ * limit. A tc program runs to completion on its CPU, so one slot per CPU suffices.
+ */
+struct lbn_scratch {
+	struct lbn_ct_key rkey;
+	struct lbn_ct_val fwd;
+	struct lbn_ct_val rev;
+	struct lbn_pkt inner;
+};
+BPF_PERCPU_ARRAY(lbn_scratch, struct lbn_scratch, 1);
 
 /* ------------------------------------------------------------- connection tracking */
 
-static __always_inline void lbn_ct_refresh(struct lbn_ct_val *ct, const struct lbn_pkt *p,
-					   __u64 now)
-{
-	__u64 life = LBN_CT_UDP_TIMEOUT;
-
-	if (p->key.proto == IPPROTO_TCP) {
-		if (p->tcp_flags & (LBN_TCP_FIN | LBN_TCP_RST))
-			ct->tcp_state = LBN_TCP_CLOSING;
-		else if (!(p->tcp_flags & LBN_TCP_SYN) && ct->tcp_state == LBN_TCP_SYN)
-			ct->tcp_state = LBN_TCP_ESTABLISHED;
-		else if (!ct->tcp_state)
-			ct->tcp_state = LBN_TCP_SYN;
-		if (ct->tcp_state == LBN_TCP_CLOSING)
-			life = LBN_CT_CLOSE_TIMEOUT;
-		else if (ct->tcp_state == LBN_TCP_ESTABLISHED)
-			life = LBN_CT_TCP_TIMEOUT;
-		else
-			life = LBN_CT_SYN_TIMEOUT;
-	}
-	ct->expires = now + life * LBN_NSEC;
-}
-
-/* An entry still describes this packet's flow (a new SYN after a close starts anew). */
-static __always_inline int lbn_ct_live(const struct lbn_ct_val *ct, const struct lbn_pkt *p,
-				       __u64 now)
-{
-	if (ct->expires <= now)
-		return 0;
-	if (ct->tcp_state == LBN_TCP_CLOSING && (p->tcp_flags & LBN_TCP_SYN) &&
-	    !(p->tcp_flags & LBN_TCP_ACK))
-		return 0;
-	return 1;
-}
-
-/* ---------------------------------------------------------------------- rewriting */
-
-static __always_inline int lbn_nat(struct __sk_buff *skb, const struct lbn_pkt *p,
-				   const struct lbn_ct_val *ct)
-{
-	if (ct->flags & LBN_CT_F_SNAT) {
-		if (lbn_set_addr4(skb, p, 12, p->key.src.words[3], ct->to_src.words[3]) < 0 ||
-		    lbn_set_port(skb, p, 0, p->key.sport, ct->to_sport) < 0)
-			return -1;
-	}
-	if (ct->flags & LBN_CT_F_DNAT) {
-		if (lbn_set_addr4(skb, p, 16, p->key.dst.words[3], ct->to_dst.words[3]) < 0 ||
-		    lbn_set_port(skb, p, 2, p->key.dport, ct->to_dport) < 0)
-			return -1;
-	}
-	return 0;
-}
-
 /*
- * The outer header costs 20 bytes of MTU: lower the MSS a TCP SYN announces by as much,
- * so full-sized segments still fit once encapsulated (Linux puts MSS first, kind 2).
+ * A FIN or RST closes the flow for both directions' entries: the entry of the replies
+ * (keyed by the translated tuple, reversed) learns it too, and where the client's
+ * sequence ends, so the SNAT port it holds can serve a new flow that the backend will
+ * accept (lbn_snat_reusable).
  */
-static __always_inline int lbn_clamp_mss(struct __sk_buff *skb, const struct lbn_pkt *p)
+static __always_inline void lbn_ct_tell_peer(struct __sk_buff *skb, const struct lbn_pkt *p,
+					     const struct lbn_ct_val *ct,
+					     const struct lbn_tuple *t, __u64 now)
 {
-	__u8 opt[4];
-	__be16 old, new;
-	__u16 mss;
+	struct lbn_ct_key peer = {};
+	struct lbn_ct_val *pv;
+	__u8 fins, side;
 
-	if (p->key.proto != IPPROTO_TCP || !(p->tcp_flags & LBN_TCP_SYN))
-		return 0;
-	if (bpf_skb_load_bytes(skb, p->l4 + 20, opt, sizeof(opt)) < 0)
-		return 0; /* no options */
-	if (opt[0] != 2 || opt[1] != 4)
-		return 0;
-	mss = ((__u16)opt[2] << 8) | opt[3];
-	if (mss <= 536 + sizeof(struct iphdr))
-		return 0;
-	old = bpf_htons(mss);
-	new = bpf_htons(mss - sizeof(struct iphdr));
-	if (bpf_l4_csum_replace(skb, lbn_l4_csum_off(p), old, new, sizeof(new)) < 0)
-		return -1;
-	return bpf_skb_store_bytes(skb, p->l4 + 22, &new, sizeof(new), 0);
+	if (!(p->tcp_flags & (LBN_TCP_FIN | LBN_TCP_RST)) || ct->peer_dir == LBN_PEER_NONE ||
+	    p->key.proto != IPPROTO_TCP)
+		return;
+	peer.src = t->dst;
+	peer.sport = t->dport;
+	peer.dst = t->src;
+	peer.dport = t->sport;
+	peer.proto = p->key.proto;
+	peer.dir = ct->peer_dir == LBN_PEER_EGRESS ? LBN_DIR_EGRESS : LBN_DIR_INGRESS;
+	pv = lbn_ct.lookup(&peer);
+	if (!pv || pv->expires <= now)
+		return;
+	side = lbn_ct_side(ct);
+	fins = pv->fins;
+	pv->tcp_state = lbn_tcp_next(pv->tcp_state, &fins, p->tcp_flags, side);
+	pv->fins = fins;
+	if (side == LBN_FIN_CLIENT && (p->tcp_flags & LBN_TCP_FIN)) {
+		struct lbn_tcp_end end;
+
+		lbn_tcp_end(skb, p, &end);
+		pv->seq_end = end.seq;
+		pv->ts_end = end.ts;
+	}
+	pv->expires = now + lbn_ct_life(pv, p->key.proto, pv->tcp_state);
 }
 
-/* IP-in-IP to the backend pod address; the outer id carries the backend port. */
-static __always_inline int lbn_dsr_encap(struct __sk_buff *skb, const struct lbn_pkt *p,
-					 const struct lbn_ct_val *ct, __be32 node)
-{
-	struct iphdr outer = {};
+/* ---------------------------------------------------------------------- forwarding */
 
-	if (lbn_clamp_mss(skb, p) < 0)
-		return TC_ACT_SHOT;
-	outer.version = 4;
-	outer.ihl = 5;
-	outer.tos = p->tos;
-	outer.tot_len = bpf_htons(p->tot_len + sizeof(outer));
-	outer.id = ct->to_dport; /* atomic datagram (DF): the id is free (RFC 6864) */
-	outer.frag_off = bpf_htons(LBN_IP_DF);
-	outer.ttl = 64;
-	outer.protocol = IPPROTO_IPIP;
-	outer.saddr = node;
-	outer.daddr = ct->to_dst.words[3];
-	outer.check = lbn_csum_fold(bpf_csum_diff(0, 0, (__be32 *)&outer, sizeof(outer), 0));
-	if (bpf_skb_adjust_room(skb, sizeof(outer), BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4) < 0)
-		return TC_ACT_SHOT;
-	if (bpf_skb_store_bytes(skb, p->l3, &outer, sizeof(outer), 0) < 0)
-		return TC_ACT_SHOT;
-	return lbn_fib_redirect(skb, outer.saddr, outer.daddr);
+static __always_inline const struct lb_addr *lbn_node_addr(const struct lbn_config *cfg,
+							   __u8 family)
+{
+	const struct lb_addr *a = family == LBN_V4 ? &cfg->node_addr : &cfg->node_addr6;
+
+	if (!(a->words[0] | a->words[1] | a->words[2] | a->words[3]))
+		return NULL; /* the node has no address of this family */
+	return a;
 }
 
-static __always_inline int lbn_forward(struct __sk_buff *skb, struct lbn_pkt *p,
-				       const struct lbn_ct_val *ct)
+/* Send the packet, unchanged but for its TTL, in a carrier to the backend pod. */
+static __always_inline int lbn_dsr_send(struct __sk_buff *skb, const struct lbn_pkt *p,
+					const struct lbn_ct_val *ct)
 {
-	__u32 zero = 0;
+	const struct lb_addr *node;
 	struct lbn_config *cfg;
+	__u32 zero = 0;
 
-	if (lbn_nat(skb, p, ct) < 0)
-		return TC_ACT_SHOT;
-	if (ct->action == LBN_ACT_STACK)
-		return TC_ACT_OK;
-	if (lbn_ttl_dec(skb, p) < 0)
-		return TC_ACT_SHOT;
-	if (ct->action == LBN_ACT_REDIRECT)
-		return lbn_fib_redirect(skb, (ct->flags & LBN_CT_F_SNAT) ? ct->to_src.words[3]
-									: p->key.src.words[3],
-					(ct->flags & LBN_CT_F_DNAT) ? ct->to_dst.words[3]
-								    : p->key.dst.words[3]);
 	cfg = lbn_cfg.lookup(&zero);
-	if (!cfg)
+	node = cfg ? lbn_node_addr(cfg, p->family) : NULL;
+	if (!node)
 		return TC_ACT_SHOT;
-	return lbn_dsr_encap(skb, p, ct, cfg->node_addr.words[3]);
+	if (lbn_rewrite(skb, p, &p->key.src, p->key.sport, &p->key.dst, p->key.dport, 1) < 0 ||
+	    lbn_carrier_push(skb, p, node, &ct->to_dst) < 0)
+		return TC_ACT_SHOT;
+	return lbn_fib_redirect(skb, p->family, node, &ct->to_dst);
+}
+
+/* A packet of a known flow: translate it and send it where its entry says. */
+static __always_inline int lbn_forward(struct __sk_buff *skb, const struct lbn_pkt *p,
+				       const struct lbn_ct_val *ct, __u64 now)
+{
+	struct lbn_tuple t;
+	int redirect = ct->action == LBN_ACT_REDIRECT;
+
+	if (ct->action == LBN_ACT_DSR)
+		return lbn_dsr_send(skb, p, ct);
+	lbn_translated(&t, p, ct);
+	if (lbn_rewrite(skb, p, &t.src, t.sport, &t.dst, t.dport, redirect) < 0)
+		return TC_ACT_SHOT;
+	lbn_ct_tell_peer(skb, p, ct, &t, now);
+	if (!redirect)
+		return TC_ACT_OK;
+	return lbn_fib_redirect(skb, p->family, &t.src, &t.dst);
 }
 
 /* ------------------------------------------------------------------ new flows */
@@ -237,12 +209,27 @@ static __always_inline int lbn_src_allowed(__u16 svc_id, const struct lb_addr *s
 	return lbn_src_range.lookup(&key) != NULL;
 }
 
-/* Reserve a free SNAT port by inserting the reply's entry; collisions try the next. */
+/* Take ``rkey``'s port for a new flow: insert-if-absent, so two CPUs never share it. */
+static __always_inline int lbn_snat_take(struct lbn_ct_key *rkey, const struct lbn_ct_val *rval,
+					 int occupied)
+{
+	if (occupied)
+		lbn_ct.delete(rkey);
+	return lbn_ct.insert(rkey, (struct lbn_ct_val *)rval);
+}
+
+/*
+ * Reserve a SNAT port (the space is per backend tuple: the reply's entry is the
+ * reservation). Probes from a random start take the first port that is free or
+ * expired; failing that, the first whose closed flow the new SYN may follow.
+ */
 static __always_inline int lbn_snat_reserve(const struct lbn_config *cfg,
 					    struct lbn_ct_key *rkey,
-					    const struct lbn_ct_val *rval, __u64 now)
+					    const struct lbn_ct_val *rval, __u64 now,
+					    const struct lbn_tcp_end *syn)
 {
 	__u32 span, start;
+	__be16 closed = 0;
 	struct lbn_ct_val *old;
 
 	if (cfg->snat_max < cfg->snat_min)
@@ -252,19 +239,27 @@ static __always_inline int lbn_snat_reserve(const struct lbn_config *cfg,
 	for (int i = 0; i < LBN_SNAT_TRIES; i++) {
 		rkey->dport = bpf_htons(cfg->snat_min + (start + i) % span);
 		old = lbn_ct.lookup(rkey);
-		if (old && old->expires > now)
-			continue; /* taken by a live flow */
-		if (lbn_ct.update(rkey, (struct lbn_ct_val *)rval) == 0)
-			return 0;
+		if (!old || old->expires <= now) {
+			if (lbn_snat_take(rkey, rval, old != NULL) == 0)
+				return 0;
+			continue; /* another CPU took it just now */
+		}
+		if (!closed && lbn_snat_reusable(old, syn))
+			closed = rkey->dport;
 	}
-	return -1;
+	if (!closed)
+		return -1;
+	rkey->dport = closed;
+	return lbn_snat_take(rkey, rval, 1);
 }
 
 static __always_inline int lbn_new_flow(struct __sk_buff *skb, struct lbn_pkt *p, __u64 now)
 {
 	struct lb_svc_key hkey = {};
-	struct lbn_ct_key rkey = {};
-	struct lbn_ct_val fwd = {}, rev = {};
+	const struct lb_addr *node;
+	struct lbn_ct_val *fwd, *rev;
+	struct lbn_ct_key *rkey;
+	struct lbn_scratch *s;
 	struct lbn_svc_val *hdr;
 	struct lbn_backend *be;
 	struct lbn_config *cfg;
@@ -283,98 +278,197 @@ static __always_inline int lbn_new_flow(struct __sk_buff *skb, struct lbn_pkt *p
 	backend_id = lbn_select(p, &hkey, hdr);
 	be = lbn_backends.lookup(&backend_id);
 	cfg = lbn_cfg.lookup(&zero);
-	if (!be || !cfg)
+	s = lbn_scratch.lookup(&zero);
+	if (!be || !cfg || !s || lb_addr_is_v4(&be->address) != (p->family == LBN_V4))
 		return TC_ACT_SHOT;
+	rkey = &s->rkey;
+	fwd = &s->fwd;
+	rev = &s->rev;
+	__builtin_memset(rkey, 0, sizeof(*rkey));
+	__builtin_memset(fwd, 0, sizeof(*fwd));
+	__builtin_memset(rev, 0, sizeof(*rev));
 
-	fwd.backend_id = rev.backend_id = backend_id;
-	fwd.to_dst = be->address;
-	fwd.to_dport = be->port;
-	lbn_ct_refresh(&fwd, p, now);
-	rev.tcp_state = fwd.tcp_state;
-	rev.expires = fwd.expires;
-	rkey.src = be->address;
-	rkey.sport = be->port;
-	rkey.proto = p->key.proto;
+	fwd->backend_id = rev->backend_id = backend_id;
+	fwd->to_dst = be->address;
+	fwd->to_dport = be->port;
+	lbn_ct_refresh(fwd, p, now, LBN_FIN_CLIENT);
+	rev->tcp_state = fwd->tcp_state;
+	rev->expires = fwd->expires;
+	rkey->src = be->address;
+	rkey->sport = be->port;
+	rkey->proto = p->key.proto;
 	if (be->flags & LBN_BE_LOCAL) {
-		fwd.action = LBN_ACT_STACK;
-		fwd.flags = LBN_CT_F_DNAT;
-		rkey.dst = p->key.src;
-		rkey.dport = p->key.sport;
-		rkey.dir = LBN_DIR_EGRESS;
-		rev.action = LBN_ACT_STACK;
-		rev.flags = LBN_CT_F_SNAT;
-		rev.to_src = p->key.dst;
-		rev.to_sport = p->key.dport;
-		if (lbn_ct.update(&rkey, &rev) != 0)
+		fwd->action = LBN_ACT_STACK;
+		fwd->flags = LBN_CT_F_DNAT;
+		fwd->peer_dir = LBN_PEER_EGRESS;
+		rkey->dst = p->key.src;
+		rkey->dport = p->key.sport;
+		rkey->dir = LBN_DIR_EGRESS;
+		rev->action = LBN_ACT_STACK;
+		rev->flags = LBN_CT_F_SNAT | LBN_CT_F_REPLY;
+		rev->peer_dir = LBN_PEER_INGRESS;
+		rev->to_src = p->key.dst;
+		rev->to_sport = p->key.dport;
+		if (lbn_ct.update(rkey, rev) != 0)
 			return TC_ACT_SHOT;
 	} else if (cfg->mode == LBN_MODE_SNAT) {
-		rkey.dst = cfg->node_addr;
-		rkey.dir = LBN_DIR_INGRESS;
-		rev.action = LBN_ACT_REDIRECT;
-		rev.flags = LBN_CT_F_SNAT | LBN_CT_F_DNAT;
-		rev.to_src = p->key.dst;
-		rev.to_sport = p->key.dport;
-		rev.to_dst = p->key.src;
-		rev.to_dport = p->key.sport;
-		if (lbn_snat_reserve(cfg, &rkey, &rev, now) < 0)
+		node = lbn_node_addr(cfg, p->family);
+		if (!node)
+			return TC_ACT_SHOT;
+		rkey->dst = *node;
+		rkey->dir = LBN_DIR_INGRESS;
+		rev->action = LBN_ACT_REDIRECT;
+		rev->flags = LBN_CT_F_SNAT | LBN_CT_F_DNAT | LBN_CT_F_REPLY;
+		rev->peer_dir = LBN_PEER_INGRESS;
+		rev->to_src = p->key.dst;
+		rev->to_sport = p->key.dport;
+		rev->to_dst = p->key.src;
+		rev->to_dport = p->key.sport;
+		struct lbn_tcp_end syn = {};
+
+		if (p->key.proto == IPPROTO_TCP && (p->tcp_flags & LBN_TCP_SYN))
+			lbn_tcp_end(skb, p, &syn);
+		if (lbn_snat_reserve(cfg, rkey, rev, now, &syn) < 0)
 			return TC_ACT_SHOT; /* port range exhausted for this backend */
-		fwd.action = LBN_ACT_REDIRECT;
-		fwd.flags = LBN_CT_F_SNAT | LBN_CT_F_DNAT;
-		fwd.to_src = cfg->node_addr;
-		fwd.to_sport = rkey.dport;
+		fwd->action = LBN_ACT_REDIRECT;
+		fwd->flags = LBN_CT_F_SNAT | LBN_CT_F_DNAT;
+		fwd->peer_dir = LBN_PEER_INGRESS;
+		fwd->to_src = *node;
+		fwd->to_sport = rkey->dport;
 	} else {
-		fwd.action = LBN_ACT_DSR;
+		fwd->action = LBN_ACT_DSR;
 	}
-	if (lbn_ct.update(&p->key, &fwd) != 0)
+	if (lbn_ct.update(&p->key, fwd) != 0)
 		return TC_ACT_SHOT;
-	return lbn_forward(skb, p, &fwd);
+	return lbn_forward(skb, p, fwd, now);
 }
 
 /* ------------------------------------------------- DSR delivery on the backend node */
 
+static __always_inline __be16 *lbn_dsr_port(const struct lb_addr *pod, const struct lbn_pkt *in)
+{
+	struct lbn_dsr_key k = {};
+	__be16 *port;
+
+	k.backend = *pod;
+	k.frontend = in->key.dst;
+	k.port = in->key.dport;
+	k.proto = in->key.proto;
+	port = lbn_dsr.lookup(&k);
+	if (port)
+		return port;
+	__builtin_memset(&k.frontend, 0, sizeof(k.frontend)); /* a NodePort, via any node */
+	return lbn_dsr.lookup(&k);
+}
+
 static __always_inline int lbn_dsr_deliver(struct __sk_buff *skb, struct lbn_pkt *outer,
 					   __u64 now)
 {
-	struct lbn_pkt inner = {};
-	struct lbn_ct_key rkey = {};
-	struct lbn_ct_val rev = {}, *old;
-	__be16 backend_port = outer->ip_id;
+	struct lbn_ct_val *rev, *old;
+	struct lbn_ct_key *rkey;
+	struct lbn_scratch *s;
+	struct lbn_pkt *inner;
+	__be16 *port, backend_port;
+	__u32 zero = 0;
 
-	if (!lbn_local_ep.lookup(&outer->key.dst))
-		return TC_ACT_OK; /* not for one of our pods: not ours to decapsulate */
-	if (outer->l4 != outer->l3 + sizeof(struct iphdr))
+	s = lbn_scratch.lookup(&zero);
+	if (!s)
 		return TC_ACT_OK;
-	if (lbn_parse4(skb, outer->l4, &inner) < 0 || inner.key.proto == IPPROTO_IPIP)
+	inner = &s->inner;
+	rkey = &s->rkey;
+	rev = &s->rev;
+	__builtin_memset(inner, 0, sizeof(*inner));
+	if (lbn_parse_inner(skb, outer, inner) < 0 || inner->family != outer->family ||
+	    (inner->key.proto != IPPROTO_TCP && inner->key.proto != IPPROTO_UDP))
+		return TC_ACT_OK;
+	port = lbn_dsr_port(&outer->key.dst, inner);
+	if (!port)
+		return TC_ACT_OK; /* not a flow for one of our pods: not ours to decapsulate */
+	backend_port = *port;
+	if (lbn_carrier_pop(skb, outer, inner) < 0)
 		return TC_ACT_SHOT;
-	if (bpf_skb_adjust_room(skb, -(__s32)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_DECAP_L3_IPV4) < 0)
-		return TC_ACT_SHOT;
-	inner.l3 = outer->l3;
-	inner.l4 -= sizeof(struct iphdr);
 
-	rkey.src = outer->key.dst;
-	rkey.dst = inner.key.src;
-	rkey.sport = backend_port;
-	rkey.dport = inner.key.sport;
-	rkey.proto = inner.key.proto;
-	rkey.dir = LBN_DIR_EGRESS;
-	old = lbn_ct.lookup(&rkey);
-	if (old) {
-		rev = *old;
-		if (!lbn_ct_live(&rev, &inner, now))
-			rev.tcp_state = 0;
+	__builtin_memset(rkey, 0, sizeof(*rkey));
+	rkey->src = outer->key.dst;
+	rkey->dst = inner->key.src;
+	rkey->sport = backend_port;
+	rkey->dport = inner->key.sport;
+	rkey->proto = inner->key.proto;
+	rkey->dir = LBN_DIR_EGRESS;
+	old = lbn_ct.lookup(rkey);
+	if (old && lbn_ct_live(old, inner, now) && lb_addr_equal(&old->to_src, &inner->key.dst)) {
+		lbn_ct_refresh(old, inner, now, LBN_FIN_CLIENT);
+	} else {
+		__builtin_memset(rev, 0, sizeof(*rev));
+		rev->action = LBN_ACT_STACK;
+		rev->flags = LBN_CT_F_SNAT | LBN_CT_F_CLAMP_MSS | LBN_CT_F_REPLY | LBN_CT_F_DSR_IN;
+		rev->to_src = inner->key.dst;
+		rev->to_sport = inner->key.dport;
+		lbn_ct_refresh(rev, inner, now, LBN_FIN_CLIENT);
+		lbn_ct.update(rkey, rev);
 	}
-	rev.action = LBN_ACT_STACK;
-	rev.flags = LBN_CT_F_SNAT;
-	rev.to_src = inner.key.dst;
-	rev.to_sport = inner.key.dport;
-	lbn_ct_refresh(&rev, &inner, now);
-	lbn_ct.update(&rkey, &rev);
-
-	if (lbn_set_addr4(skb, &inner, 16, inner.key.dst.words[3], outer->key.dst.words[3]) < 0 ||
-	    lbn_set_port(skb, &inner, 2, inner.key.dport, backend_port) < 0)
+	if (lbn_rewrite(skb, inner, &inner->key.src, inner->key.sport, &outer->key.dst,
+			backend_port, 0) < 0)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
+}
+
+/*
+ * An ICMP error about a translated flow (fragmentation needed / packet too big,
+ * unreachable, time exceeded) is translated like the flow, so PMTU discovery and
+ * errors work through the NodePort. The quoted packet S->D was sent by the flow's
+ * other direction; the entry of D->S says what that direction's packets become, so
+ * the quote is turned back into what its sender sent, and the error goes to it. An
+ * error from the quoted destination itself gets its translated address as source.
+ * Errors about DSR flows (the quote is not ours to map back) pass untouched.
+ */
+static __always_inline int lbn_icmp_error(struct __sk_buff *skb, struct lbn_pkt *p, __u8 dir,
+					  __u64 now)
+{
+	struct lbn_ct_key *key;
+	struct lbn_tuple t, quoted;
+	struct lbn_ct_val *ct;
+	struct lb_addr osrc;
+	struct lbn_scratch *s;
+	struct lbn_pkt *q;
+	__u32 zero = 0;
+	int forward;
+
+	if (!lbn_icmp_is_error(p))
+		return TC_ACT_OK;
+	s = lbn_scratch.lookup(&zero);
+	if (!s)
+		return TC_ACT_OK;
+	q = &s->inner;
+	__builtin_memset(q, 0, sizeof(*q));
+	if (lbn_icmp_quoted(skb, p, q) < 0)
+		return TC_ACT_OK;
+	key = &s->rkey;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->src = q->key.dst;
+	key->sport = q->key.dport;
+	key->dst = q->key.src;
+	key->dport = q->key.sport;
+	key->proto = q->key.proto;
+	key->dir = dir;
+	ct = lbn_ct.lookup(key);
+	if (!ct || ct->expires <= now || ct->action == LBN_ACT_DSR)
+		return TC_ACT_OK;
+	t.src = (ct->flags & LBN_CT_F_SNAT) ? ct->to_src : key->src;
+	t.sport = (ct->flags & LBN_CT_F_SNAT) ? ct->to_sport : key->sport;
+	t.dst = (ct->flags & LBN_CT_F_DNAT) ? ct->to_dst : key->dst;
+	t.dport = (ct->flags & LBN_CT_F_DNAT) ? ct->to_dport : key->dport;
+	quoted.src = t.dst;
+	quoted.sport = t.dport;
+	quoted.dst = t.src;
+	quoted.dport = t.sport;
+	osrc = lb_addr_equal(&p->key.src, &q->key.dst) ? t.src : p->key.src;
+	forward = dir == LBN_DIR_INGRESS && ct->action == LBN_ACT_REDIRECT;
+	if (lbn_icmp_rewrite(skb, p, q, &quoted, &osrc, &t.dst, forward) < 0)
+		return TC_ACT_SHOT;
+	if (!forward)
+		return TC_ACT_OK;
+	return lbn_fib_redirect(skb, p->family, &osrc, &t.dst);
 }
 
 /* ----------------------------------------------------------------- entry points */
@@ -385,16 +479,18 @@ int lbn_ingress(struct __sk_buff *skb)
 	struct lbn_ct_val *ct;
 	__u64 now;
 
-	if (!lbn_is_ipv4(skb) || lbn_parse4(skb, ETH_HLEN, &p) < 0)
+	if (lbn_parse(skb, &p) < 0)
 		return TC_ACT_OK;
 	now = bpf_ktime_get_ns();
-	if (p.key.proto == IPPROTO_IPIP)
+	if (p.key.proto == LBN_PROTO_IPIP || p.key.proto == LBN_PROTO_IPV6)
 		return lbn_dsr_deliver(skb, &p, now);
+	if (p.key.proto == LBN_PROTO_ICMP || p.key.proto == LBN_PROTO_ICMPV6)
+		return lbn_icmp_error(skb, &p, LBN_DIR_INGRESS, now);
 	p.key.dir = LBN_DIR_INGRESS;
 	ct = lbn_ct.lookup(&p.key);
 	if (ct && lbn_ct_live(ct, &p, now)) {
-		lbn_ct_refresh(ct, &p, now);
-		return lbn_forward(skb, &p, ct);
+		lbn_ct_refresh(ct, &p, now, lbn_ct_side(ct));
+		return lbn_forward(skb, &p, ct, now);
 	}
 	return lbn_new_flow(skb, &p, now);
 }
@@ -403,20 +499,30 @@ int lbn_egress(struct __sk_buff *skb)
 {
 	struct lbn_pkt p = {};
 	struct lbn_ct_val *ct;
+	struct lbn_tuple t;
 	__u64 now;
 
-	if (!lbn_is_ipv4(skb) || lbn_parse4(skb, ETH_HLEN, &p) < 0 ||
-	    p.key.proto == IPPROTO_IPIP)
+	/* Redirected here by lbn_ingress of this device: already translated. */
+	if (skb->ingress_ifindex == skb->ifindex)
 		return TC_ACT_OK;
+	if (lbn_parse(skb, &p) < 0 || p.key.proto == LBN_PROTO_IPIP ||
+	    p.key.proto == LBN_PROTO_IPV6)
+		return TC_ACT_OK;
+	if (p.key.proto == LBN_PROTO_ICMP || p.key.proto == LBN_PROTO_ICMPV6)
+		return lbn_icmp_error(skb, &p, LBN_DIR_EGRESS, bpf_ktime_get_ns());
 	p.key.dir = LBN_DIR_EGRESS;
 	ct = lbn_ct.lookup(&p.key);
 	if (!ct)
-		return TC_ACT_OK;
+		return TC_ACT_OK; /* most packets: not a translated flow; no clock read */
 	now = bpf_ktime_get_ns();
 	if (ct->expires <= now)
 		return TC_ACT_OK;
-	lbn_ct_refresh(ct, &p, now);
-	if (lbn_nat(skb, &p, ct) < 0)
+	lbn_ct_refresh(ct, &p, now, lbn_ct_side(ct));
+	lbn_translated(&t, &p, ct);
+	if (lbn_rewrite(skb, &p, &t.src, t.sport, &t.dst, t.dport, 0) < 0)
+		return TC_ACT_SHOT;
+	lbn_ct_tell_peer(skb, &p, ct, &t, now);
+	if ((ct->flags & LBN_CT_F_CLAMP_MSS) && lbn_clamp_mss(skb, &p, lbn_carrier_len(&p)) < 0)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }

@@ -1,7 +1,8 @@
 """Apply: ``iptables-restore --noflush`` in the driver's network namespace.
 
 Everything here touches the kernel, through the iptables tools of one flavour
-(``legacy``, the default, or ``nft``), run in the configured namespace with
+(``legacy``, the default, or ``nft``) and one IP family (``iptables-*`` for IPv4,
+``ip6tables-*`` for IPv6), run in the configured namespace with
 ``nsenter --net=…`` (no namespace: the current one, as a DaemonSet runs). One sync is
 one restore: the kernel replaces each table atomically at its ``COMMIT``, so a failed
 restore leaves the rules of the previous sync in place.
@@ -24,18 +25,45 @@ from .render import HOOKS, TOP_FILTER, TOP_NAT
 log = logging.getLogger(__name__)
 NAME = "iptables"
 FAILED_LINE = re.compile(r"line:?\s*(\d+)", re.IGNORECASE)
+QUOTED = re.compile(r"[`']([A-Za-z0-9_-]+)'")  # Couldn't load target `X' / Chain 'X' ...
 BACKENDS = ("legacy", "nft")
+# Seconds iptables-legacy-restore waits for /run/xtables.lock. The lock is one file for
+# the whole machine (every network namespace), and a restore at 10,000 services holds it
+# for 10-20 s here; kube-proxy waits 5 s, which made our restores fail while another
+# namespace's large restore ran. (The nft flavour takes no lock.)
+LOCK_WAIT = 60
+
+
+def offending_lines(text: str, stderr: str, most: int = 3) -> list[str]:
+    """The input lines an iptables-restore error points at: the line it names and, when
+    that is only the ``COMMIT`` (nft checks jumps when it commits), the lines using the
+    chain or target the message names (``Chain 'X' does not exist``)."""
+    lines = text.splitlines()
+    out = []
+    for m in FAILED_LINE.finditer(stderr):
+        n = int(m.group(1))
+        if 1 <= n <= len(lines):
+            out.append(f"line {n}: {lines[n - 1]}")
+    for name in dict.fromkeys(QUOTED.findall(stderr)):
+        users = [f"line {i}: {ln}" for i, ln in enumerate(lines, 1)
+                 if name in ln.split() and f"line {i}: {ln}" not in out]
+        out += users[:most]
+    return out
 
 
 class Iptables:
-    """The iptables tools of one flavour, in one network namespace (``netns_path``)."""
+    """The iptables tools of one flavour and IP ``family`` (4 or 6), in one network
+    namespace (``netns_path``)."""
 
-    def __init__(self, netns_path: str | None, backend: str = "legacy") -> None:
+    def __init__(self, netns_path: str | None, backend: str = "legacy", family: int = 4
+                 ) -> None:
         self.netns_path = netns_path
         self.backend = backend
+        self.family = family
 
     def tool(self, name: str) -> str:
-        return f"iptables-{self.backend}{'-' + name if name else ''}"
+        base = "ip6tables" if self.family == 6 else "iptables"
+        return f"{base}-{self.backend}{'-' + name if name else ''}"
 
     def command(self, name: str, *args: str) -> list[str]:
         prefix = ["nsenter", f"--net={self.netns_path}", "--"] if self.netns_path else []
@@ -58,22 +86,21 @@ class Iptables:
     # -- writing ------------------------------------------------------------------
 
     def restore(self, text: str) -> None:
-        """One ``iptables-restore --noflush``; on failure log the offending lines and
-        raise ``DriverError`` (the kernel keeps the previous rules)."""
-        r = self._run(self.command("restore", "--noflush", "-w", "5"), stdin=text)
+        """One ``iptables-restore --noflush``; on failure log the tool's error and the
+        offending input lines, and raise ``DriverError`` (the kernel keeps the previous
+        rules: each table is committed as a unit)."""
+        if not text:
+            return
+        r = self._run(self.command("restore", "--noflush", "-w", str(LOCK_WAIT)), stdin=text)
         if r.returncode == 0:
             return
-        lines = text.splitlines()
-        offending = []
-        for m in FAILED_LINE.finditer(r.stderr):
-            n = int(m.group(1))
-            if 1 <= n <= len(lines):
-                offending.append(f"line {n}: {lines[n - 1]}")
+        errors = [ln for ln in r.stderr.strip().splitlines() if ln and not ln.startswith("Try")]
+        log.error("iptables: %s failed: %s", self.tool("restore"), " / ".join(errors))
+        offending = offending_lines(text, r.stderr)
         for line in offending:
             log.error("iptables: restore rejected %s", line)
-        detail = r.stderr.strip().splitlines()[-3:]
         raise DriverError(NAME, f"{self.tool('restore')} failed (exit {r.returncode}): "
-                          + " / ".join(detail)
+                          + " / ".join(errors[-2:])
                           + (f"; offending input: {'; '.join(offending)}" if offending else "")
                           + "; the previous rules are still in place, the next sync is full")
 
@@ -108,9 +135,12 @@ class Iptables:
         self.restore("\n".join(text) + "\n")
         return len(missing)
 
-    def cleanup(self) -> int:
-        """Remove the jumps and every chain this driver owns; returns chains removed."""
-        text, removed = [], 0
+    def cleanup(self, batch: int = 3000) -> int:
+        """Remove the jumps and every chain this driver owns; returns chains removed.
+        The nft flavour flushes, then deletes, ``batch`` chains per input (one input of
+        110,000 chains takes iptables-nft-restore minutes, see tables.NFT_BATCH_CHAINS);
+        the jumps go first, so what is left meanwhile is unreachable."""
+        inputs, removed = [], 0
         for table, top in (("filter", TOP_FILTER), ("nat", TOP_NAT)):
             saved = self.save(table).splitlines()
             ours = sorted(c for c in {ln[1:].split()[0] for ln in saved if ln.startswith(":")}
@@ -120,8 +150,17 @@ class Iptables:
             if not ours and not hooks:
                 continue
             removed += len(ours)
-            text += [f"*{table}", *hooks, *(f":{c} - [0:0]" for c in ours),
-                     *(f"-X {c}" for c in ours), "COMMIT"]
-        if text:
-            self.restore("\n".join(text) + "\n")
+            step = batch if self.backend == "nft" else max(len(ours), 1)
+            parts = [ours[i:i + step] for i in range(0, len(ours), step)]
+            if self.backend != "nft":
+                inputs.append([f"*{table}", *hooks, *(f":{c} - [0:0]" for c in ours),
+                               *(f"-X {c}" for c in ours), "COMMIT"])
+                continue
+            inputs.append([f"*{table}", *hooks, "COMMIT"])
+            inputs += [[f"*{table}", *(f":{c} - [0:0]" for c in part), "COMMIT"]
+                       for part in parts]
+            inputs += [[f"*{table}", *(f"-X {c}" for c in part), "COMMIT"] for part in parts]
+        for lines in inputs:
+            if len(lines) > 2:
+                self.restore("\n".join(lines) + "\n")
         return removed

@@ -1,5 +1,7 @@
 """The iptables driver: kube-proxy's iptables mode, as the baseline the others are
-compared with. render (pure) -> apply (iptables-restore) -> read back (iptc)."""
+compared with. render (pure) -> apply (iptables-restore) -> read back (iptc), for IPv4
+(iptables) and IPv6 (ip6tables), each family in its own tables as kube-proxy's
+dual-stack proxier keeps them."""
 
 from __future__ import annotations
 
@@ -13,24 +15,50 @@ from typing import Any, ClassVar
 from lbcore.driver import Capabilities, Driver, Problem, SyncResult, option, reject_unknown_options
 from lbcore.errors import ConfigError, DriverError
 from lbcore.memory import gc_paused
-from lbcore.model import DesiredState, FrontendState, NodeInfo, ServiceKey
+from lbcore.model import DesiredState, FrontendState, NodeInfo, ServiceKey, ip_family
 
 from . import conntrack, readback
 from .apply import BACKENDS, Iptables
-from .naming import is_owned
-from .render import RenderOptions, ServiceRules, assemble, render_service
+from .render import RenderOptions
+from .tables import FamilyTables
 
 log = logging.getLogger(__name__)
 NAME = "iptables"
 NETNS_DIR = "/run/netns"
+FAMILIES = (4, 6)
 UdpMap = dict[tuple[str, int], frozenset[tuple[str, int]]]  # UDP frontend -> endpoints
+
+
+def _cluster_cidrs(value: Any) -> dict[int, str]:
+    """``cluster_cidr``: one CIDR, a list, or ``"v4,v6"`` (as kube-proxy's
+    --cluster-cidr); at most one per family."""
+    if value in (None, "", []):
+        return {}
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"driver_options.cluster_cidr: {value!r} (driver {NAME}; valid: a "
+                          "CIDR, a list of CIDRs or 'v4cidr,v6cidr')")
+    out: dict[int, str] = {}
+    for item in items:
+        try:
+            net = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"driver_options.cluster_cidr: {item.strip()!r} is not a CIDR "
+                              f"(driver {NAME}; valid: e.g. 10.244.0.0/16 or "
+                              "fd00:10::/48)") from None
+        if net.version in out:
+            raise ConfigError(f"driver_options.cluster_cidr: two IPv{net.version} CIDRs "
+                              f"({out[net.version]}, {net}) (driver {NAME}; valid: at most "
+                              "one per IP family)")
+        out[net.version] = str(net)
+    return out
 
 
 @dataclass(frozen=True)
 class IptablesOptions:
     netns: str | None  # a name under /run/netns, or an absolute path; None: this namespace
     backend: str
-    cluster_cidr: str | None
+    cluster_cidrs: Mapping[int, str]  # family -> CIDR
     masquerade_all: bool
     flush_conntrack: bool
 
@@ -46,17 +74,8 @@ class IptablesOptions:
         if backend not in BACKENDS:
             raise ConfigError(f"driver_options.backend: {backend!r} (driver {NAME}; valid: "
                               f"{', '.join(BACKENDS)})")
-        cidr = option(options, NAME, "cluster_cidr", str, "") or None
-        if cidr:
-            try:
-                net = ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                net = None
-            if net is None or net.version != 4:
-                raise ConfigError(f"driver_options.cluster_cidr: {cidr!r} (driver {NAME}; "
-                                  "valid: an IPv4 CIDR such as 10.244.0.0/16)")
-            cidr = str(net)
-        return cls(netns, backend, cidr, option(options, NAME, "masquerade_all", bool, False),
+        return cls(netns, backend, _cluster_cidrs(options.get("cluster_cidr")),
+                   option(options, NAME, "masquerade_all", bool, False),
                    option(options, NAME, "flush_conntrack", bool, True))
 
     @property
@@ -68,26 +87,37 @@ class IptablesOptions:
 
 class IptablesDriver(Driver):
     """kube-proxy's iptables mode: KUBE-SERVICES / KUBE-SVC / KUBE-SEP chains, applied
-    with one ``iptables-restore --noflush`` per sync, partial when it can be."""
+    with one ``iptables-restore --noflush`` per family and sync, partial when it can be."""
 
     name: ClassVar[str] = NAME
 
     def __init__(self, options: Mapping[str, Any], node: NodeInfo) -> None:
         super().__init__(options, node)
         self.opts = IptablesOptions.parse(options)
-        self.render_opts = RenderOptions(
-            self.opts.cluster_cidr, self.opts.masquerade_all,
-            tuple(ip for ip in node.addresses if ":" not in ip))
-        self.ipt = Iptables(self.opts.netns_path, self.opts.backend)
-        self._rules: dict[ServiceKey, ServiceRules] | None = None  # in the kernel now
-        self._hooks_ok = False
+        self.tables: dict[int, FamilyTables] = {}
+        for family in FAMILIES:
+            render_opts = RenderOptions(
+                self.opts.cluster_cidrs.get(family), self.opts.masquerade_all,
+                tuple(ip for ip in node.addresses if ip_family(ip) == family), family)
+            ipt = Iptables(self.opts.netns_path, self.opts.backend, family)
+            self.tables[family] = FamilyTables(ipt, render_opts)
+        self._present: set[ServiceKey] = set()
         self._udp: dict[ServiceKey, UdpMap] = {}
+
+    @property
+    def ipt(self) -> Iptables:
+        """The IPv4 tools (the IPv6 ones: ``self.tables[6].ipt``)."""
+        return self.tables[4].ipt
+
+    @property
+    def render_opts(self) -> RenderOptions:
+        return self.tables[4].base_opts
 
     @classmethod
     def capabilities(cls) -> Capabilities:
         return Capabilities(
             protocols=frozenset({"TCP", "UDP", "SCTP"}),
-            families=frozenset({4}),
+            families=frozenset(FAMILIES),
             session_affinity=True,
             source_ranges=True,
             external_traffic_local=True,
@@ -97,7 +127,8 @@ class IptablesDriver(Driver):
             clients=frozenset({"pod", "host", "external"}),  # PREROUTING and OUTPUT hooks
             conntrack_nat=True,  # DNAT/masquerade by conntrack (lbcore.ctkeep)
             description="kube-proxy's iptables mode (nat KUBE-SERVICES/SVC/SEP chains, "
-                        "statistic random, masquerade mark), iptables-restore per sync",
+                        "statistic random, masquerade mark), iptables-restore and "
+                        "ip6tables-restore per sync",
         )
 
     def check(self) -> list[Problem]:
@@ -105,7 +136,7 @@ class IptablesDriver(Driver):
         if os.geteuid() != 0:
             problems.append(Problem("permissions", "not running as root",
                                     "run as root (CAP_NET_ADMIN)"))
-        for tool in self.ipt.missing_tools():
+        for tool in sorted({t for ft in self.tables.values() for t in ft.ipt.missing_tools()}):
             problems.append(Problem("tools", f"{tool} not found",
                                     "apt-get install iptables util-linux"))
         path = self.opts.netns_path
@@ -127,47 +158,30 @@ class IptablesDriver(Driver):
             return self._sync(state, changed)
 
     def _sync(self, state: DesiredState, changed: frozenset[ServiceKey] | None) -> SyncResult:
-        full = changed is None or self._rules is None
-        if full:
-            rules = {k: render_service(fes, self.render_opts)
-                     for k, fes in state.services.items()}
-            wanted = {c for r in rules.values() for c in r.chains}
-            delete = {c for c in self.ipt.chains("nat") if is_owned(c)} - wanted
-            write: frozenset[ServiceKey] | None = None
-            removed = 0
-        else:
-            assert changed is not None and self._rules is not None
-            rules = dict(self._rules)
-            before: set[str] = set()
-            removed = 0
-            for key in changed:
-                old = rules.pop(key, None)
-                if old is not None:
-                    before |= set(old.chains)
-                fes = state.frontends_of(key)
-                if fes:
-                    rules[key] = render_service(fes, self.render_opts)
-                elif old is not None:
-                    removed += 1
-            delete = before - {c for k in changed if k in rules for c in rules[k].chains}
-            write = changed
-        text = assemble(rules, self.render_opts, write=write, delete=delete)
         try:
-            self.ipt.restore(text)
-            if not self._hooks_ok:
-                self.ipt.ensure_hooks()
-                self._hooks_ok = True
-        except DriverError:
-            self._rules, self._hooks_ok = None, False  # next sync: full, hooks re-checked
+            results = {family: ft.sync(state, changed) for family, ft in self.tables.items()}
+        except Exception:
+            for ft in self.tables.values():  # as kube-proxy's needFullSync: all of it
+                ft.forget()
             raise
-        self._rules = rules
-        flushed = self._flush_conntrack(state, changed if not full else None)
-        written = len(rules) if full else len([k for k in changed or () if k in rules])
-        return SyncResult(full=full, frontends=sum(1 for fe in state.frontends if fe.family == 4),
-                          services_written=written, services_removed=removed,
-                          details={"restore_lines": text.count("\n"),
-                                   "chains_deleted": len(delete),
-                                   "conntrack_deleted": flushed})
+        present = set(state.services)
+        removed = len(self._present - present) if changed is None else len(
+            {k for k in changed if k in self._present and k not in present})
+        self._present = present
+        flushed = self._flush_conntrack(state, changed)
+        full = all(r.full for r in results.values())
+        return SyncResult(
+            full=full, frontends=len(state.frontends),
+            services_written=max(r.services_written for r in results.values()),
+            services_removed=removed,
+            details={"restore_lines": sum(r.restore_lines for r in results.values()),
+                     "chains_deleted": sum(r.chains_deleted for r in results.values()),
+                     "conntrack_deleted": flushed,
+                     "large_cluster": sorted(f for f, r in results.items() if r.large_cluster),
+                     "families": {f"ipv{f}": {"full": r.full, "restore_lines": r.restore_lines,
+                                              "restores": r.restores,
+                                              "services_written": r.services_written}
+                                  for f, r in results.items()}})
 
     def _flush_conntrack(self, state: DesiredState,
                          changed: frozenset[ServiceKey] | None) -> int:
@@ -176,7 +190,7 @@ class IptablesDriver(Driver):
         for key in keys:
             after: UdpMap = {(fe.ip, fe.port): frozenset(
                 (b.ip, b.port) for b in fe.backends + fe.external_backends)
-                for fe in state.frontends_of(key) if fe.protocol == "UDP" and fe.family == 4}
+                for fe in state.frontends_of(key) if fe.protocol == "UDP"}
             before = self._udp.pop(key, {})
             stale.update(conntrack.stale_udp(before, after, set(before) | set(after)))
             if after:
@@ -192,16 +206,26 @@ class IptablesDriver(Driver):
     # ------------------------------------------------------------- read back
 
     def dump(self) -> list[FrontendState]:
-        rs = readback.read_ruleset(self.opts.netns_path, self.opts.backend, self.ipt.save)
-        return readback.frontends(rs)
+        rows: list[FrontendState] = []
+        for family, ft in self.tables.items():
+            rs = readback.read_ruleset(self.opts.netns_path, self.opts.backend, ft.ipt.save,
+                                       family)
+            rows += readback.frontends(rs)
+        rows.sort(key=lambda s: (ip_family(s.address.ip), s.id))
+        return [FrontendState(i, s.address, s.type, s.backends, s.service, s.flags)
+                for i, s in enumerate(rows, start=1)]
 
-    def ruleset_text(self) -> str:
-        """What the kernel holds now, as ``iptables-save`` prints it (nat + filter)."""
-        return self.ipt.save("filter") + self.ipt.save("nat")
+    def ruleset_text(self, family: int = 4) -> str:
+        """What the kernel holds now, as ``iptables-save`` prints it (filter + nat)."""
+        ipt = self.tables[family].ipt
+        return ipt.save("filter") + ipt.save("nat")
 
     # --------------------------------------------------------------- cleanup
 
     def cleanup(self) -> None:
-        removed = self.ipt.cleanup()
-        self._rules, self._hooks_ok, self._udp = None, False, {}
+        removed = 0
+        for ft in self.tables.values():
+            removed += ft.ipt.cleanup()
+            ft.forget()
+        self._udp, self._present = {}, set()
         log.info("iptables: removed %d chains and the jumps to them", removed)

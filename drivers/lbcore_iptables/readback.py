@@ -1,16 +1,18 @@
 """Read back: the live nat and filter tables -> the rows of ``lbcore services``.
 
-The legacy tables are read with python-iptables (``iptc``, libiptc in-process): in the
-driver's namespace this happens in a forked child that ``setns()``-es into it first
-(libiptc opens its socket in the caller's namespace), so the agent's own threads never
-change namespace. The nft flavour (which ``iptc`` cannot read) is read through
-``iptables-nft-save``. Either way the result is a :class:`Ruleset`, turned into
-``FrontendState`` rows by the pure :func:`frontends`.
+The legacy tables are read with python-iptables (``iptc``, libiptc in-process) in a
+forked child that ``setns()``-es into the driver's namespace first (libiptc opens its
+socket in the caller's namespace), so the agent's own threads never change namespace;
+one child per IP family (libxtables holds one family per process). The nft flavour
+(which ``iptc`` cannot read) is read through ``iptables-nft-save``. Either way the
+result is a :class:`Ruleset`, turned into ``FrontendState`` rows by the pure
+:func:`frontends`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -48,13 +50,14 @@ def _from_iptc(chain: str, r: Any) -> Rule:
     return rule
 
 
-def read_iptc(tables: Iterable[str] = ("nat", "filter")) -> Ruleset:
-    """The given legacy tables through libiptc, in the current namespace."""
+def read_iptc(tables: Iterable[str] = ("nat", "filter"), family: int = 4) -> Ruleset:
+    """The given legacy tables of ``family`` through libiptc (libip6tc for 6), in the
+    current namespace."""
     import iptc
 
     rs = Ruleset()
     for name in tables:
-        table = iptc.Table(name)
+        table = iptc.Table6(name) if family == 6 else iptc.Table(name)
         table.refresh()  # a fresh handle: this process may have just changed namespace
         chains = rs.chains(name)
         for chain in table.chains:
@@ -62,12 +65,19 @@ def read_iptc(tables: Iterable[str] = ("nat", "filter")) -> Ruleset:
     return rs
 
 
-def read_ruleset(netns_path: str | None, backend: str, save: Callable[[str], str]) -> Ruleset:
+def read_ruleset(netns_path: str | None, backend: str, save: Callable[[str], str],
+                 family: int = 4) -> Ruleset:
+    """The live nat and filter tables of ``family``; ``save(table)`` is the family's
+    ``iptables-save`` (used for the nft flavour)."""
     if backend == "nft":
         return parse(save("nat") + save("filter"))
     import iptc  # noqa: F401 - loaded before fork, so the child need not
 
-    return in_netns("iptables", netns_path, read_iptc)
+    # Always in a forked child, also for the current namespace: libxtables keeps one
+    # family per process, and python-iptables reading ip6tables after iptables in one
+    # process fails ("can't find target MASQUERADE").
+    here = f"/proc/{os.getpid()}/ns/net"
+    return in_netns("iptables", netns_path or here, read_iptc, ("nat", "filter"), family)
 
 
 # ---------------------------------------------------------------- pure: rows
@@ -101,7 +111,7 @@ def _endpoints(rs: Ruleset, chain: str, depth: int = 0) -> tuple[list[str], list
 
 def _row(address: FrontendAddress, kind: str, service: str, eps: list[str],
          flags: list[str]) -> FrontendState:
-    backends = tuple(sorted(BackendState(ip, int(port)) for ip, _, port in
+    backends = tuple(sorted(BackendState(ip.strip("[]"), int(port)) for ip, _, port in
                             (e.rpartition(":") for e in eps)))
     return FrontendState(0, address, kind, backends, service, tuple(flags))
 

@@ -12,9 +12,10 @@ by all of its frontends)::
     nat POSTROUTING ─▶ KUBE-POSTROUTING: mark 0x4000 -> MASQUERADE
     filter: REJECT (no endpoints), DROP (no local endpoints, source ranges)
 
-Each service renders into a :class:`ServiceRules`; :func:`assemble` writes the shared
-top-level chains in full on every sync and the per-service chains only for the services
-named (partial sync, KEP-3453), plus ``-X`` for chains that must go. Lines are spelled in
+Each service renders into a :class:`ServiceRules` per IP family (the same chain names
+in iptables and ip6tables); :func:`shared_chains` builds the shared top-level chains and
+:func:`assemble` writes the chains it is given, plus ``-X`` for chains that must go, so
+the driver can write only what changed (partial sync, KEP-3453). Lines are spelled in
 ``iptables-save`` order so what is written and what is read back compare equal.
 """
 
@@ -24,11 +25,18 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from lbcore.model import Backend, DesiredState, Frontend, FrontendType, ServiceKey
+from lbcore.model import Backend, DesiredState, Frontend, FrontendType, ServiceKey, ip_family
 
-from .naming import EXT, FW, SVC, SVL, endpoint_chain, service_chain
+from .naming import EXT, FW, SVC, SVL, endpoint_chain, endpoint_text, service_chain
 
 MASQ_MARK = "0x4000"
+# kube-proxy's largeClusterEndpointsThreshold: above this many endpoints (of one family)
+# the per-endpoint rules carry no comment match (each costs 256 bytes in the kernel's
+# rule blob; kube-proxy measured the ruleset up to 40% smaller without them).
+LARGE_CLUSTER_ENDPOINTS = 1000
+REJECT_WITH = {4: "icmp-port-unreachable", 6: "icmp6-port-unreachable"}
+HOST_BITS = {4: "/32", 6: "/128"}
+FULL_MASK = {4: "255.255.255.255", 6: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"}
 TOP_NAT = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-MARK-MASQ", "KUBE-POSTROUTING")
 TOP_FILTER = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-PROXY-FIREWALL", "KUBE-FORWARD")
 NODEPORTS_COMMENT = "kubernetes service nodeports; NOTE: this must be the last rule in this chain"
@@ -60,13 +68,18 @@ HOOKS: tuple[tuple[str, str, str], ...] = (
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """``cluster_cidr``: traffic from outside it to a service is masqueraded (None:
-    only external frontends and hairpin are); ``masquerade_all``: masquerade everything;
-    ``node_addresses``: where NodePorts answer (IPv4)."""
+    """The rules of one IP ``family`` (4: iptables, 6: ip6tables). ``cluster_cidr`` (of
+    that family): traffic from outside it to a service is masqueraded (None: only
+    external frontends and hairpin are); ``masquerade_all``: masquerade everything;
+    ``node_addresses``: where NodePorts answer (those of the family are used);
+    ``large_cluster``: kube-proxy's large cluster mode (no comments on the
+    per-endpoint rules, see :data:`LARGE_CLUSTER_ENDPOINTS`)."""
 
     cluster_cidr: str | None = None
     masquerade_all: bool = False
     node_addresses: tuple[str, ...] = ()
+    family: int = 4
+    large_cluster: bool = False
 
 
 @dataclass
@@ -85,11 +98,12 @@ def _c(text: str) -> str:
     return f'-m comment --comment "{text}"'
 
 
-def _match(dst: str | None, proto: str, port: int, comment: str, *, src: str = "") -> str:
-    """``[src] -d IP/32 -p P -m comment … -m P --dport N`` in iptables-save order."""
+def _match(dst: str | None, proto: str, port: int, comment: str, hl: str = "/32") -> str:
+    """``-d IP/32 -p P -m comment … -m P --dport N`` in iptables-save order (``hl``:
+    the host prefix of the family, /32 or /128)."""
     p = proto.lower()
-    d = f"-d {dst}/32 " if dst else ""
-    return f"{src}{d}-p {p} {_c(comment)} -m {p} --dport {port}"
+    d = f"-d {dst}{hl} " if dst else ""
+    return f"{d}-p {p} {_c(comment)} -m {p} --dport {port}"
 
 
 class _PortRenderer:
@@ -100,6 +114,8 @@ class _PortRenderer:
         fe0 = frontends[0]
         self.sp, self.proto, self.opts, self.out = fe0.service_port, fe0.protocol, opts, out
         self.p = self.proto.lower()
+        self.hl = HOST_BITS[opts.family]
+        self.reject = f"-j REJECT --reject-with {REJECT_WITH[opts.family]}"
         self.affinity = fe0.session_affinity_timeout
         self.svc = service_chain(SVC, self.sp, self.proto)
         self.svl = service_chain(SVL, self.sp, self.proto)
@@ -114,12 +130,21 @@ class _PortRenderer:
                 self.cluster = fe.backends
             if fe.type is not FrontendType.CLUSTER_IP and fe.external_traffic_local:
                 self.local = fe.external_backends
+        self.seps: dict[Backend, tuple[str, str]] = {}  # endpoint -> (ip:port text, chain)
+        for b in (self.cluster or ()) + (self.local or ()):
+            if b not in self.seps:
+                ep = endpoint_text(b.ip, b.port)
+                self.seps[b] = ep, endpoint_chain(self.sp, self.proto, ep)
         for fe in frontends:
             self._frontend(fe)
         self._endpoint_chains()
 
     def _chain(self, name: str) -> list[str]:
         return self.out.chains.setdefault(name, [])
+
+    def _m(self, fe: Frontend, comment: str, *, node_port: bool = False) -> str:
+        dst = None if node_port else fe.ip
+        return _match(dst, fe.protocol, fe.port, comment, self.hl)
 
     # -- entry points -------------------------------------------------------------
 
@@ -130,34 +155,34 @@ class _PortRenderer:
             eps, chain = (self.local, self.svl) if local else (self.cluster, self.svc)
             if not eps:
                 out.filter_services.append(
-                    f"-A KUBE-SERVICES {_match(fe.ip, fe.protocol, fe.port, f'{self.sp} cluster IP has no endpoints')} "  # noqa: E501
-                    "-j REJECT --reject-with icmp-port-unreachable")
+                    f"-A KUBE-SERVICES {self._m(fe, f'{self.sp} cluster IP has no endpoints')} "
+                    f"{self.reject}")
                 return
-            out.services.append(f"-A KUBE-SERVICES "
-                                f"{_match(fe.ip, fe.protocol, fe.port, f'{self.sp} cluster IP')}"
+            out.services.append(f"-A KUBE-SERVICES {self._m(fe, f'{self.sp} cluster IP')}"
                                 f" -j {chain}")
             self._service_chain(chain, eps, masq_for=fe)
             return
         what = {FrontendType.NODE_PORT: "nodePort", FrontendType.EXTERNAL_IP: "external IP",
                 FrontendType.LOAD_BALANCER: "loadbalancer IP"}[fe.type]
-        dst = None if fe.type is FrontendType.NODE_PORT else fe.ip
-        addrtype = "-m addrtype --dst-type LOCAL " if dst is None else ""
+        node_port = fe.type is FrontendType.NODE_PORT
+        addrtype = "-m addrtype --dst-type LOCAL " if node_port else ""
         if not self.cluster:
-            if fe.type is FrontendType.NODE_PORT and any(
-                    "nodePort has no endpoints" in r for r in out.filter_external):
+            if node_port and any("nodePort has no endpoints" in r for r in out.filter_external):
                 return  # one rule covers every node address
             out.filter_external.append(
                 f"-A KUBE-EXTERNAL-SERVICES {addrtype}"
-                f"{_match(dst, fe.protocol, fe.port, f'{self.sp} {what} has no endpoints')} "
-                "-j REJECT --reject-with icmp-port-unreachable")
+                f"{self._m(fe, f'{self.sp} {what} has no endpoints', node_port=node_port)} "
+                f"{self.reject}")
             return
         if fe.external_traffic_local and not fe.external_backends:
-            out.filter_external.append(
-                f"-A KUBE-EXTERNAL-SERVICES {addrtype}"
-                f"{_match(dst, fe.protocol, fe.port, f'{self.sp} has no local endpoints')} -j DROP")
+            rule = (f"-A KUBE-EXTERNAL-SERVICES {addrtype}"
+                    f"{self._m(fe, f'{self.sp} has no local endpoints', node_port=node_port)}"
+                    " -j DROP")
+            if rule not in out.filter_external:
+                out.filter_external.append(rule)
         self._ext_chain(fe)
-        if fe.type is FrontendType.NODE_PORT:
-            rule = f"-A KUBE-NODEPORTS {_match(None, fe.protocol, fe.port, self.sp)} -j {self.ext}"
+        if node_port:
+            rule = f"-A KUBE-NODEPORTS {self._m(fe, self.sp, node_port=True)} -j {self.ext}"
             if rule not in out.nodeports:
                 out.nodeports.append(rule)
             return
@@ -176,11 +201,8 @@ class _PortRenderer:
                 fw.append(f"-A {self.fw} {_c(note)}")
             out.filter_firewall.append(
                 f"-A KUBE-PROXY-FIREWALL "
-                f"{_match(fe.ip, fe.protocol, fe.port, f'{self.sp} traffic not accepted by {self.fw}')}"  # noqa: E501
-                " -j DROP")
-        out.services.append(
-            f"-A KUBE-SERVICES {_match(fe.ip, fe.protocol, fe.port, f'{self.sp} {what}')}"
-            f" -j {target}")
+                f"{self._m(fe, f'{self.sp} traffic not accepted by {self.fw}')} -j DROP")
+        out.services.append(f"-A KUBE-SERVICES {self._m(fe, f'{self.sp} {what}')} -j {target}")
 
     # -- per-service chains -------------------------------------------------------
 
@@ -216,53 +238,65 @@ class _PortRenderer:
                        masq_for: Frontend | None) -> None:
         rules = self._chain(chain)
         if masq_for is not None:  # the cluster IP's masquerade rule leads the chain
-            m = _match(masq_for.ip, masq_for.protocol, masq_for.port, f"{self.sp} cluster IP")
+            m = self._m(masq_for, f"{self.sp} cluster IP")
             if self.opts.masquerade_all:
                 rules.insert(0, f"-A {chain} {m} -j KUBE-MARK-MASQ")
             elif self.opts.cluster_cidr:
                 rules.insert(0, f"-A {chain} ! -s {self.opts.cluster_cidr} {m} -j KUBE-MARK-MASQ")
         if any(" -j KUBE-SEP-" in r for r in rules):
             return
-        seps = [(f"{b.ip}:{b.port}", endpoint_chain(self.sp, self.proto, f"{b.ip}:{b.port}"))
-                for b in eps]
+        seps = [self.seps[b] for b in eps]
+        large = self.opts.large_cluster
         if self.affinity:
+            mask = FULL_MASK[self.opts.family]
             rules.extend(
-                f"-A {chain} {_c(f'{self.sp} -> {ep}')} -m recent --rcheck --seconds "
-                f"{self.affinity} --reap --name {sep} --mask 255.255.255.255 --rsource -j {sep}"
-                for ep, sep in seps)
+                f"-A {chain} {'' if large else _c(f'{self.sp} -> {ep}') + ' '}-m recent "
+                f"--rcheck --seconds {self.affinity} --reap --name {sep} --mask {mask} "
+                f"--rsource -j {sep}" for ep, sep in seps)
         n = len(seps)
         for i, (ep, sep) in enumerate(seps):
             stat = (f" -m statistic --mode random --probability {1 / (n - i):.11f}"
                     if i < n - 1 else "")
-            rules.append(f"-A {chain} {_c(f'{self.sp} -> {ep}')}{stat} -j {sep}")
+            comment = "" if large else " " + _c(f"{self.sp} -> {ep}")
+            rules.append(f"-A {chain}{comment}{stat} -j {sep}")
 
     def _endpoint_chains(self) -> None:
-        eps = {f"{b.ip}:{b.port}" for b in (self.cluster or ()) + (self.local or ())}
-        for ep in sorted(eps):
-            sep = endpoint_chain(self.sp, self.proto, ep)
-            ip = ep.rsplit(":", 1)[0]
-            recent = (f" -m recent --set --name {sep} --mask 255.255.255.255 --rsource"
-                      if self.affinity else "")
+        c = "" if self.opts.large_cluster else " " + _c(self.sp)
+        recent = (f" -m recent --set --name {{sep}} --mask {FULL_MASK[self.opts.family]} "
+                  "--rsource" if self.affinity else "")
+        for b, (ep, sep) in sorted(self.seps.items(), key=lambda item: item[1][0]):
             self.out.chains[sep] = [
-                f"-A {sep} -s {ip}/32 {_c(self.sp)} -j KUBE-MARK-MASQ",
-                f"-A {sep} -p {self.p} {_c(self.sp)}{recent} -m {self.p} "
+                f"-A {sep} -s {b.ip}{self.hl}{c} -j KUBE-MARK-MASQ",
+                f"-A {sep} -p {self.p}{c}{recent.format(sep=sep)} -m {self.p} "
                 f"-j DNAT --to-destination {ep}",
             ]
 
 
 def render_service(frontends: Iterable[Frontend], opts: RenderOptions) -> ServiceRules:
-    """Pure: one service's frontends -> its rules (IPv4 frontends only)."""
+    """Pure: one service's frontends of ``opts.family`` -> its rules."""
     out = ServiceRules()
     ports: dict[tuple[str, str], list[Frontend]] = {}
     for fe in frontends:
-        if fe.family == 4:
+        if fe.family == opts.family:
             ports.setdefault((fe.service_port, fe.protocol), []).append(fe)
     for key in sorted(ports):
         _PortRenderer(ports[key], opts, out)
     return out
 
 
-def static_rules(opts: RenderOptions) -> tuple[list[str], list[str]]:
+def endpoint_count(frontends: Iterable[Frontend], family: int) -> int:
+    """Pure: how many KUBE-SEP chains the service has in ``family`` (what kube-proxy
+    sums to choose large cluster mode)."""
+    eps: set[tuple[str, str, Backend]] = set()
+    for fe in frontends:
+        if fe.family == family:
+            sp = (fe.service_port, fe.protocol)
+            eps.update((*sp, b) for b in fe.backends)
+            eps.update((*sp, b) for b in fe.external_backends)
+    return len(eps)
+
+
+def static_rules() -> tuple[list[str], list[str]]:
     """(nat, filter) rules of the shared chains that hold no service."""
     nat = [
         f"-A KUBE-MARK-MASQ -j MARK --set-xmark {MASQ_MARK}/{MASQ_MARK}",
@@ -281,49 +315,111 @@ def static_rules(opts: RenderOptions) -> tuple[list[str], list[str]]:
     return nat, filt
 
 
-def assemble(rules: Mapping[ServiceKey, ServiceRules], opts: RenderOptions, *,
-             write: Iterable[ServiceKey] | None = None, delete: Iterable[str] = ()) -> str:
-    """The ``iptables-restore --noflush`` input: shared chains in full, the per-service
-    chains of ``write`` (None: every service), ``-X`` for ``delete``."""
+# (table, chain) of each shared chain fed by the services, and the ServiceRules field
+SHARED = (("nat", "KUBE-SERVICES", "services"), ("nat", "KUBE-NODEPORTS", "nodeports"),
+          ("filter", "KUBE-SERVICES", "filter_services"),
+          ("filter", "KUBE-EXTERNAL-SERVICES", "filter_external"),
+          ("filter", "KUBE-PROXY-FIREWALL", "filter_firewall"))
+Shared = dict[tuple[str, str], list[str]]
+
+
+def shared_chains(rules: Mapping[ServiceKey, ServiceRules], opts: RenderOptions,
+                  only: Iterable[tuple[str, str]] | None = None) -> Shared:
+    """Pure: the shared top-level chains (all, or those in ``only``), services in key
+    order; KUBE-SERVICES ends with the jumps to KUBE-NODEPORTS."""
+    wanted = None if only is None else set(only)
     keys = sorted(rules)
-    nat_static, filter_static = static_rules(opts)
-    services = [r for k in keys for r in rules[k].services]
-    services += [f"-A KUBE-SERVICES -d {ip}/32 {_c(NODEPORTS_COMMENT)} -j KUBE-NODEPORTS"
-                 for ip in opts.node_addresses if ":" not in ip]
-    chains: dict[str, list[str]] = {}
-    for key in sorted(rules) if write is None else sorted(set(write) & set(rules)):
-        chains.update(rules[key].chains)
-    nat_top = {"KUBE-SERVICES": services,
-               "KUBE-NODEPORTS": [r for k in keys for r in rules[k].nodeports],
-               "KUBE-MARK-MASQ": nat_static[:1], "KUBE-POSTROUTING": nat_static[1:]}
-    filter_top = {"KUBE-SERVICES": [r for k in keys for r in rules[k].filter_services],
-                  "KUBE-EXTERNAL-SERVICES": [r for k in keys for r in rules[k].filter_external],
-                  "KUBE-PROXY-FIREWALL": [r for k in keys for r in rules[k].filter_firewall],
-                  "KUBE-FORWARD": filter_static}
-    lines = ["*filter"]
-    lines += [f":{c} - [0:0]" for c in TOP_FILTER]
-    lines += [r for c in TOP_FILTER for r in filter_top[c]]
-    lines += ["COMMIT", "*nat"]
+    nat_static, filter_static = static_rules()
+    out: Shared = {}
+    for table, chain, attr in SHARED:
+        if wanted is None or (table, chain) in wanted:
+            out[table, chain] = [r for k in keys for r in getattr(rules[k], attr)]
+    if ("nat", "KUBE-SERVICES") in out:
+        out["nat", "KUBE-SERVICES"] += [
+            f"-A KUBE-SERVICES -d {ip}{HOST_BITS[opts.family]} {_c(NODEPORTS_COMMENT)} "
+            "-j KUBE-NODEPORTS" for ip in opts.node_addresses
+            if ip_family(ip) == opts.family]
+    static = {("nat", "KUBE-MARK-MASQ"): nat_static[:1],
+              ("nat", "KUBE-POSTROUTING"): nat_static[1:],
+              ("filter", "KUBE-FORWARD"): filter_static}
+    for name, lines in static.items():
+        if wanted is None or name in wanted:
+            out[name] = lines
+    return out
+
+
+def changed_shared(before: ServiceRules | None, after: ServiceRules | None
+                   ) -> set[tuple[str, str]]:
+    """Pure: the shared chains whose content differs between two renderings of one
+    service (a partial sync rewrites only those)."""
+    return {(table, chain) for table, chain, attr in SHARED
+            if (getattr(before, attr) if before else []) != (getattr(after, attr) if after
+                                                             else [])}
+
+
+def assemble(shared: Mapping[tuple[str, str], list[str]], chains: Mapping[str, list[str]],
+             delete: Iterable[str] = (), hooks: Mapping[str, list[str]] | None = None) -> str:
+    """The ``iptables-restore --noflush`` input: the given ``shared`` chains and
+    per-service ``chains`` (each flushed and rewritten), ``-X`` for ``delete``, then the
+    ``hooks`` lines of each table (jumps inserted into built-in chains). A table with
+    nothing to write is left out ("" when nothing at all is to be written)."""
+    hooks = hooks or {}
+    lines: list[str] = []
+    filter_top = [c for c in TOP_FILTER if ("filter", c) in shared]
+    if filter_top or hooks.get("filter"):
+        lines.append("*filter")
+        lines += [f":{c} - [0:0]" for c in filter_top]
+        for c in filter_top:
+            lines += shared["filter", c]
+        lines += hooks.get("filter", ())
+        lines.append("COMMIT")
+    nat_top = [c for c in TOP_NAT if ("nat", c) in shared]
     names = sorted(chains)
     gone = sorted(set(delete) - set(chains))
-    lines += [f":{c} - [0:0]" for c in TOP_NAT]
-    lines += [f":{c} - [0:0]" for c in names]
-    lines += [f":{c} - [0:0]" for c in gone]  # flushed, so that -X may delete them
-    lines += [r for c in TOP_NAT for r in nat_top[c]]
-    lines += [r for c in names for r in chains[c]]
-    lines += [f"-X {c}" for c in gone]
-    lines += ["COMMIT", ""]
-    return "\n".join(lines)
+    if nat_top or names or gone or hooks.get("nat"):
+        lines.append("*nat")
+        lines += [f":{c} - [0:0]" for c in nat_top]
+        lines += [f":{c} - [0:0]" for c in names]
+        lines += [f":{c} - [0:0]" for c in gone]  # flushed, so that -X may delete them
+        for c in nat_top:
+            lines += shared["nat", c]
+        for c in names:
+            lines += chains[c]
+        lines += [f"-X {c}" for c in gone]
+        lines += hooks.get("nat", ())
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def service_chains(services: Iterable[ServiceRules]) -> dict[str, list[str]]:
+    """Pure: the per-service nat chains of ``services``, by name."""
+    chains: dict[str, list[str]] = {}
+    for r in services:
+        chains.update(r.chains)
+    return chains
+
+
+def node_port_addresses(state: DesiredState, configured: Iterable[str], family: int
+                        ) -> tuple[str, ...]:
+    """Pure: where this node answers NodePorts in ``family``: its configured addresses
+    and those the core gave NodePort frontends on (the Node object's), sorted."""
+    ips = {ip for ip in configured if ip_family(ip) == family}
+    ips.update(fe.ip for fe in state.frontends
+               if fe.type is FrontendType.NODE_PORT and fe.family == family)
+    return tuple(sorted(ips, key=ipaddress.ip_address))
 
 
 def render(state: DesiredState, opts: RenderOptions) -> str:
-    """Pure: the full ruleset for ``state``."""
-    return assemble(render_all(state, opts), opts)
+    """Pure: the full ruleset of ``opts.family`` for ``state``."""
+    rules = render_all(state, opts)
+    return assemble(shared_chains(rules, opts), service_chains(rules.values()))
 
 
 def render_all(state: DesiredState, opts: RenderOptions) -> dict[ServiceKey, ServiceRules]:
-    return {key: render_service(fes, opts) for key, fes in state.services.items()}
-
-
-def chains_of(rules: ServiceRules) -> frozenset[str]:
-    return frozenset(rules.chains)
+    """Pure: every service that has frontends of ``opts.family``, rendered."""
+    out = {}
+    for key, fes in state.services.items():
+        r = render_service(fes, opts)
+        if r.chains or any(getattr(r, attr) for _t, _c, attr in SHARED):
+            out[key] = r
+    return out

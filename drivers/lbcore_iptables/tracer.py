@@ -154,7 +154,7 @@ def trace(rs: Ruleset, pkt: Packet, hook: str = "PREROUTING",
         dst, port = pkt.dst, pkt.dport
         if st.dnat:
             host, _, p = st.dnat.rpartition(":")
-            dst, port = host, int(p)
+            dst, port = host.strip("[]"), int(p)
         after = Packet(pkt.src, pkt.proto, dst, port)
         fchain = "OUTPUT" if hook == "OUTPUT" else "INPUT" if dst in local_set else "FORWARD"
         verdict = "ACCEPT"

@@ -31,12 +31,12 @@ from .image import (
     BackendAddr,
     NodePortImage,
     ServiceEntry,
-    local_endpoints,
+    dsr_ports,
     render_entry,
 )
 from .maps import KernelMaps
 from .options import NAME, TcNodePortOptions
-from .plan import plan_sync
+from .plan import Plan, plan_sync
 
 log = logging.getLogger(__name__)
 NORTH_SOUTH = frozenset({FrontendType.NODE_PORT, FrontendType.EXTERNAL_IP,
@@ -55,10 +55,12 @@ class TcNodePortDriver(Driver):
         super().__init__(options, node)
         self.opts = TcNodePortOptions.parse(options)
         v4 = [a for a in node.addresses if ":" not in a]
-        if not v4:
-            raise ConfigError(f"node.addresses: {list(node.addresses)!r} has no IPv4 address "
-                              f"(driver {NAME} SNATs and encapsulates from the first one)")
-        self.node_ip = v4[0]
+        v6 = [a for a in node.addresses if ":" in a]
+        if not v4 and not v6:
+            raise ConfigError(f"node.addresses: {list(node.addresses)!r} is empty (driver "
+                              f"{NAME} SNATs and encapsulates from the first of each family)")
+        self.node_ip4 = v4[0] if v4 else None
+        self.node_ip6 = v6[0] if v6 else None
         self._bpf: Any = None
         self._maps: KernelMaps | None = None
         self._image: NodePortImage | None = None
@@ -70,7 +72,7 @@ class TcNodePortDriver(Driver):
         return Capabilities(
             frontend_types=NORTH_SOUTH,
             protocols=frozenset({"TCP", "UDP"}),
-            families=frozenset({4}),
+            families=frozenset({4, 6}),
             source_ranges=True,
             external_traffic_local=True,
             algorithms=frozenset({"random", "maglev"}),
@@ -112,15 +114,20 @@ class TcNodePortDriver(Driver):
         if loader.in_initial_netns(self.opts.netns) and not self.opts.allow_initial_netns:
             raise DriverError(NAME, "refusing to attach to the devices of the initial network "
                               "namespace; set driver_options.netns or allow_initial_netns")
-        self._load()
+        self._load(for_setup=True)
         assert self._maps is not None
-        self._maps.write_config(self.node_ip, self.opts.snat_ports, self.opts.mode)
+        self._maps.write_config(self.node_ip4, self.node_ip6, self.opts.snat_ports,
+                                self.opts.mode)
         self._adopt(self._maps.read_image(self.opts.maglev_table_size))
         loader.attach(loader.load_functions(self._bpf), list(self.opts.devices), self.opts.netns)
         log.info("%s: attached to %s (mode %s), %d frontends adopted", NAME,
                  ",".join(self.opts.devices), self.opts.mode, len(self._image.services))
 
-    def _load(self) -> None:
+    def _load(self, for_setup: bool = False) -> None:
+        """Compile and open the pinned maps. For the setup, lbn_cfg is created anew (the
+        setup writes it whole), and so is a pinned map whose layout an earlier version
+        made (its entries are lost: the full sync rewrites services, flows start
+        over); a program still attached keeps its maps until its filter is replaced."""
         if self._bpf is not None:
             return
         if bpffs_mount_of(self.opts.bpffs_path) is None:
@@ -128,6 +135,8 @@ class TcNodePortDriver(Driver):
                 raise DriverError(NAME, f"{self.opts.bpffs_path} is not on a bpf filesystem")
             subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True)
         os.makedirs(self.opts.bpffs_path, exist_ok=True)
+        if for_setup:
+            loader.unpin_maps(self.opts.bpffs_path, ("lbn_cfg", *loader.RETIRED_MAPS))
         for map_name, opt in PINNED_SIZES.items():
             path = os.path.join(self.opts.bpffs_path, map_name)
             if os.path.exists(path):
@@ -135,7 +144,19 @@ class TcNodePortDriver(Driver):
                 if have != want:
                     raise ConfigError(f"driver_options.{opt}: {want}, but the pinned map {path} "
                                       f"holds {have} (use {have}, or `lbcore cleanup` first)")
-        self._bpf = loader.compile_program(self.opts.bpffs_path, self.opts.macros())
+        bpf = loader.compile_program(self.opts.bpffs_path, self.opts.macros())
+        stale = loader.stale_layouts(bpf, self.opts.bpffs_path)
+        if stale:
+            bpf.cleanup()
+            if not for_setup:
+                raise DriverError(NAME, f"pinned maps {', '.join(stale)} in "
+                                  f"{self.opts.bpffs_path} have another layout (an earlier "
+                                  "version): restart the agent, which replaces them")
+            log.warning("%s: replacing pinned maps of another layout: %s", NAME,
+                        ", ".join(stale))
+            loader.unpin_maps(self.opts.bpffs_path, tuple(stale))
+            bpf = loader.compile_program(self.opts.bpffs_path, self.opts.macros())
+        self._bpf = bpf
         self._maps = KernelMaps(self._bpf)
 
     def _adopt(self, image: NodePortImage) -> None:
@@ -169,7 +190,7 @@ class TcNodePortDriver(Driver):
                                               backend_ids) if fe else None)
             backends = {bid: addr for addr, bid in backend_ids.items()}
             plan, after = plan_sync(self._image, desired, backends,
-                                    local_endpoints(mine, self.node.name),
+                                    dsr_ports(mine, self.node.name),
                                     self.opts.maglev_table_size, prune=full)
             self._check_capacity(after)
             self._maps.apply(plan)
@@ -188,10 +209,30 @@ class TcNodePortDriver(Driver):
                 self._ids.svc.release(old.svc_id)
         self._image = after
         self._remember(state, mine, changed if not full else None)
+        self._flush_stale_flows(plan)
         return SyncResult(full=full, frontends=len(after.services),
                           services_written=plan.services_written,
                           services_removed=plan.services_removed,
                           details={"writes": plan.writes()})
+
+    def _flush_stale_flows(self, plan: Plan) -> None:
+        """Flows to a backend that left a frontend would keep it: drop their entries."""
+        if not plan.removed_pairs or self._maps is None:
+            return
+        try:
+            count = ConntrackTable(self._maps.ct).flush_backends(plan.removed_pairs,
+                                                                 self.opts.ct_flush_tcp)
+        except (OSError, DriverError) as exc:  # the maps are right; stale flows expire
+            log.warning("%s: flushing flows of removed backends failed: %s", NAME, exc)
+            return
+        if count:
+            log.info("%s: dropped %d conntrack entries of removed backends", NAME, count)
+
+    def map_pressure(self) -> dict[str, tuple[int, int]]:
+        """(entries in use, max entries) per BPF map, read from the kernel."""
+        self._load()
+        assert self._maps is not None
+        return self._maps.pressure()
 
     def _check_capacity(self, after: NodePortImage) -> None:
         sizes = self.opts.sizes

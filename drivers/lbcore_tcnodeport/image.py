@@ -60,16 +60,25 @@ class ServiceEntry:
         return (len(self.slots), self.svc_id, TYPE_CODES[self.type], self.flags)
 
 
+class DsrKey(NamedTuple):
+    """A DSR packet for a local pod: which frontend it was sent to (lbn_dsr)."""
+
+    backend_ip: str  # the local pod the carrier is addressed to
+    frontend_ip: str  # ExternalIP / LoadBalancer IP; "" for a NodePort (any node's address)
+    port: int  # the frontend port
+    protocol: str
+
+
 @dataclass
 class NodePortImage:
     services: dict[FrontendAddress, ServiceEntry] = field(default_factory=dict)
     backends: dict[int, BackendAddr] = field(default_factory=dict)
     maglev: dict[int, tuple[int, ...]] = field(default_factory=dict)  # svc_id -> table
-    local_eps: set[str] = field(default_factory=set)
+    dsr: dict[DsrKey, int] = field(default_factory=dict)  # -> backend port
 
     def copy(self) -> NodePortImage:
         return NodePortImage(dict(self.services), dict(self.backends), dict(self.maglev),
-                             set(self.local_eps))
+                             dict(self.dsr))
 
     def backend_ids(self) -> dict[BackendAddr, int]:
         return {addr: bid for bid, addr in self.backends.items()}
@@ -133,10 +142,21 @@ def maglev_backends(entry: ServiceEntry, backends: dict[int, BackendAddr]) -> di
     return {backends[bid].name: bid for bid in entry.slots}
 
 
-def local_endpoints(frontends: Iterable[Frontend], node_name: str) -> set[str]:
-    """Addresses of this node's pods that DSR packets from other nodes may name."""
-    return {b.ip for fe in frontends for b in (*fe.backends, *fe.external_backends)
-            if b.node_name == node_name}
+def dsr_ports(frontends: Iterable[Frontend], node_name: str) -> dict[DsrKey, int]:
+    """Where DSR packets from other nodes for this node's pods go (the backend port).
+
+    A NodePort reaches a pod through any node's address, so its key has no frontend
+    address; two frontends that would share a key with different ports (two services
+    on one pod with the same ExternalIP port) keep the lowest port, deterministically.
+    """
+    ports: dict[DsrKey, int] = {}
+    for fe in frontends:
+        fe_ip = "" if fe.type == FrontendType.NODE_PORT else fe.ip
+        for b in fe.external_backends:
+            if b.node_name == node_name:
+                key = DsrKey(b.ip, fe_ip, fe.port, fe.protocol)
+                ports[key] = min(b.port, ports.get(key, b.port))
+    return ports
 
 
 def format_image(image: NodePortImage) -> str:
@@ -157,7 +177,8 @@ def format_image(image: NodePortImage) -> str:
             lines.append(f"  maglev M={len(table)} " +
                          " ".join(f"{bid}:{n}" for bid, n in shares.items()))
     lines += [f"backend {bid}: {image.backends[bid]}" for bid in sorted(image.backends)]
-    lines += [f"local endpoint {ip}" for ip in sorted(image.local_eps)]
+    lines += [f"dsr {k.backend_ip} via {k.frontend_ip or '*'}:{k.port}/{k.protocol} -> "
+              f"port {port}" for k, port in sorted(image.dsr.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -20,8 +20,9 @@ from lbcore.errors import DriverError
 
 DRIVER = "tcnodeport"
 PROG_PREFIX = "lbn_"
-MAP_NAMES = ("lbn_svc", "lbn_backends", "lbn_maglev", "lbn_src_range", "lbn_local_ep",
+MAP_NAMES = ("lbn_svc", "lbn_backends", "lbn_maglev", "lbn_src_range", "lbn_dsr",
              "lbn_cfg", "lbn_ct")
+RETIRED_MAPS = ("lbn_local_ep",)  # pinned by earlier versions; removed by setup and cleanup
 HOOKS = {"ingress": ("lbn_ingress", "ffff:fff2"), "egress": ("lbn_egress", "ffff:fff3")}
 FILTER_PRIO = 0xC0DE & 0x7FFF  # our filters' priority on every hook
 FILTER_HANDLE = 0x1B
@@ -30,6 +31,23 @@ FILTER_HANDLE = 0x1B
 def compile_program(pin_dir: str, macros: Mapping[str, int]) -> Any:
     """Compile and load nodeport.c; its maps open (or are created and pinned) in pin_dir."""
     return ebpf.compile_program(DRIVER, "nodeport.c", pin_dir, macros)
+
+
+def stale_layouts(bpf: Any, pin_dir: str) -> list[str]:
+    """Pinned maps whose key or value size differs from the compiled program's (bcc
+    opens a pin whatever its layout)."""
+    from lbcore_socklb import bpfsys
+
+    stale = []
+    for name in MAP_NAMES:
+        path = os.path.join(pin_dir, name)
+        if not os.path.exists(path):
+            continue
+        info, table = bpfsys.pinned_map_info(path), bpf[name.encode()]
+        if (info.key_size, info.value_size) != (ctypes.sizeof(table.Key),
+                                                ctypes.sizeof(table.Leaf)):
+            stale.append(name)
+    return stale
 
 
 def load_functions(bpf: Any) -> dict[str, Any]:
@@ -188,13 +206,15 @@ def in_initial_netns(netns: str | None) -> bool:
         return False
 
 
-def unpin_maps(pin_dir: str) -> list[str]:
+def unpin_maps(pin_dir: str, names: tuple[str, ...] = MAP_NAMES + RETIRED_MAPS) -> list[str]:
+    """Remove these pins (all of ours by default, then the directory if empty)."""
     removed = []
-    for name in MAP_NAMES:
+    for name in names:
         path = os.path.join(pin_dir, name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             removed.append(path)
-    with contextlib.suppress(OSError):
-        os.rmdir(pin_dir)
+    if names == MAP_NAMES + RETIRED_MAPS:
+        with contextlib.suppress(OSError):
+            os.rmdir(pin_dir)
     return removed

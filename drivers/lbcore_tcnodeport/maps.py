@@ -8,11 +8,15 @@ syscall each; the LPM trie and the config array take single updates.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import ipaddress
+import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lbcore.errors import DriverError
 from lbcore.model import FrontendAddress
 from lbcore_socklb.codec import Packer
 from lbcore_socklb.maps import (
@@ -24,12 +28,23 @@ from lbcore_socklb.maps import (
     words_address,
 )
 
-from .image import BE_LOCAL, TYPES_BY_CODE, BackendAddr, NodePortImage, ServiceEntry
+from .image import BE_LOCAL, TYPES_BY_CODE, BackendAddr, DsrKey, NodePortImage, ServiceEntry
 from .plan import Plan
 
 WORDS = [f"words[{i}]" for i in range(4)]
 ADDR = [f"address.words[{i}]" for i in range(4)]
 MODE_CODES = {"snat": 0, "dsr": 1}
+NO_ADDRESS = (0, 0, 0, 0)
+MAP_NAMES = ("lbn_svc", "lbn_backends", "lbn_maglev", "lbn_src_range", "lbn_dsr", "lbn_cfg",
+             "lbn_ct")
+
+
+def _words(ip: str | None) -> tuple[int, ...]:
+    return address_words(ip) if ip else NO_ADDRESS
+
+
+def _ip(words: Sequence[int]) -> str:
+    return "" if tuple(words) == NO_ADDRESS else words_address(words)
 
 
 def range_key_fields(svc_id: int, cidr: str) -> tuple[int, ...]:
@@ -40,11 +55,10 @@ def range_key_fields(svc_id: int, cidr: str) -> tuple[int, ...]:
 
 class KernelMaps:
     def __init__(self, bpf: Any) -> None:
-        t = {name: bpf[name.encode()] for name in (
-            "lbn_svc", "lbn_backends", "lbn_maglev", "lbn_src_range", "lbn_local_ep",
-            "lbn_cfg", "lbn_ct")}
+        t = {name: bpf[name.encode()] for name in MAP_NAMES}
+        self.tables = t
         self.svc, self.backends, self.maglev = t["lbn_svc"], t["lbn_backends"], t["lbn_maglev"]
-        self.ranges, self.local_eps = t["lbn_src_range"], t["lbn_local_ep"]
+        self.ranges, self.dsr = t["lbn_src_range"], t["lbn_dsr"]
         self.cfg, self.ct = t["lbn_cfg"], t["lbn_ct"]
         self.svc_key = Packer(self.svc.Key).expect([*ADDR, "port", "slot", "proto"])
         self.svc_val = Packer(self.svc.Leaf).expect(
@@ -55,16 +69,23 @@ class KernelMaps:
         self.maglev_val = Packer(self.maglev.Leaf)
         self.range_key = Packer(self.ranges.Key).expect(["prefixlen", "svc_id", *ADDR])
         self.range_val = Packer(self.ranges.Leaf)
-        self.ep_key = Packer(self.local_eps.Key).expect(WORDS)
-        self.ep_val = Packer(self.local_eps.Leaf)
+        self.dsr_key = Packer(self.dsr.Key).expect(
+            [f"backend.{w}" for w in WORDS] + [f"frontend.{w}" for w in WORDS] + ["port", "proto"])
+        self.dsr_val = Packer(self.dsr.Leaf)
         self.cfg_val = Packer(self.cfg.Leaf).expect(
-            [f"node_addr.{w}" for w in WORDS] + ["snat_min", "snat_max", "mode"])
+            [f"node_addr.{w}" for w in WORDS] + [f"node_addr6.{w}" for w in WORDS]
+            + ["snat_min", "snat_max", "mode"])
 
     # ------------------------------------------------------------ encoding
 
     @staticmethod
     def _svc_fields(fe: FrontendAddress, slot: int) -> tuple[int, ...]:
         return (*address_words(fe.ip), socket.htons(fe.port), slot, PROTO_NUMBERS[fe.protocol])
+
+    @staticmethod
+    def _dsr_fields(k: DsrKey) -> tuple[int, ...]:
+        return (*address_words(k.backend_ip), *_words(k.frontend_ip), socket.htons(k.port),
+                PROTO_NUMBERS[k.protocol])
 
     @staticmethod
     def _backend_fields(b: BackendAddr) -> tuple[int, ...]:
@@ -75,8 +96,8 @@ class KernelMaps:
         return {
             "backends": (self.backends, self.backend_key, lambda i: (i[0],),
                          self.backend_val, lambda i: self._backend_fields(i[1])),
-            "local_eps": (self.local_eps, self.ep_key, address_words,
-                          self.ep_val, lambda _i: (1,)),
+            "dsr": (self.dsr, self.dsr_key, lambda i: self._dsr_fields(i[0]),
+                    self.dsr_val, lambda i: (socket.htons(i[1]),)),
             "maglev": (self.maglev, self.maglev_key, lambda i: i[:2],
                        self.maglev_val, lambda i: (i[2],)),
             "slots": (self.svc, self.svc_key, lambda i: self._svc_fields(i[0], i[1]),
@@ -88,7 +109,7 @@ class KernelMaps:
     def _delete_key_of(self, map_name: str) -> Callable[[Any], Sequence[int]]:
         return {
             "backends": lambda bid: (bid,),
-            "local_eps": address_words,
+            "dsr": self._dsr_fields,
             "maglev": lambda item: item,
             "slots": lambda item: self._svc_fields(item[0], item[1]),
             "headers": lambda fe: self._svc_fields(fe, 0),
@@ -96,9 +117,10 @@ class KernelMaps:
 
     # --------------------------------------------------------------- apply
 
-    def write_config(self, node_ip: str, snat: tuple[int, int], mode: str) -> None:
+    def write_config(self, node_ip4: str | None, node_ip6: str | None, snat: tuple[int, int],
+                     mode: str) -> None:
         self.cfg[self.cfg.Key(0)] = self.cfg_val.one(
-            (*address_words(node_ip), snat[0], snat[1], MODE_CODES[mode]))
+            (*_words(node_ip4), *_words(node_ip6), snat[0], snat[1], MODE_CODES[mode]))
 
     def apply(self, plan: Plan) -> None:
         for map_name, op, items in plan.phases():
@@ -165,6 +187,42 @@ class KernelMaps:
                 fe, TYPES_BY_CODE.get(type_code, TYPES_BY_CODE[2]), svc_id, flags,
                 tuple(own.get(i, 0) for i in range(1, count + 1)),
                 tuple(sorted(ranges.get(svc_id, ()))))
-        eps = {words_address(k) for k, _ in dump_table(self.local_eps, self.ep_key,
-                                                         self.ep_val)}
-        return NodePortImage(services, backends, {s: tuple(t) for s, t in tables.items()}, eps)
+        dsr = {DsrKey(words_address(k[:4]), _ip(k[4:8]), socket.ntohs(k[8]),
+                      PROTO_NAMES.get(k[9], "?")): socket.ntohs(v[0])
+               for k, v in dump_table(self.dsr, self.dsr_key, self.dsr_val)}
+        return NodePortImage(services, backends, {s: tuple(t) for s, t in tables.items()}, dsr)
+
+    # -------------------------------------------------------------- pressure
+
+    def pressure(self) -> dict[str, tuple[int, int]]:
+        """(entries in use, max entries) per map, counted in the kernel's batches."""
+        result = {}
+        for name, table in self.tables.items():
+            if name == "lbn_cfg":  # an array: every slot exists
+                result[name] = (table.max_entries, table.max_entries)
+            elif name == "lbn_src_range":  # LPM tries have no batch lookup
+                result[name] = (sum(1 for _ in table), table.max_entries)
+            else:
+                result[name] = (count_entries(table), table.max_entries)
+        return result
+
+
+def count_entries(table: Any, chunk: int = 4096) -> int:
+    """Entries of a hash map, read in BPF_MAP_LOOKUP_BATCH chunks of ``chunk``."""
+    from bcc.libbcc import lib
+
+    keys = (table.Key * chunk)()
+    values = (table.Leaf * chunk)()
+    token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
+    total, first = 0, True
+    while True:
+        count.value = chunk
+        res = lib.bpf_lookup_batch(table.map_fd, None if first else ctypes.byref(token_in),
+                                   ctypes.byref(token_out), keys, values, ctypes.byref(count))
+        err = ctypes.get_errno()
+        total += count.value
+        if res != 0:
+            if err == errno.ENOENT:
+                return total
+            raise DriverError("tcnodeport", f"counting entries: {os.strerror(err)}")
+        token_in.value, first = token_out.value, False

@@ -24,6 +24,7 @@ MACRO_OPTIONS = {
     "ct_tcp_timeout": ("LBN_CT_TCP_TIMEOUT", 21600),
     "ct_syn_timeout": ("LBN_CT_SYN_TIMEOUT", 60),
     "ct_close_timeout": ("LBN_CT_CLOSE_TIMEOUT", 10),
+    "ct_time_wait_timeout": ("LBN_CT_TIME_WAIT_TIMEOUT", 120),
     "ct_udp_timeout": ("LBN_CT_UDP_TIMEOUT", 60),
 }
 # Outside Linux's default ephemeral range (32768-60999) and the NodePort range.
@@ -40,11 +41,12 @@ class TcNodePortOptions:
     netns: str | None
     sizes: Mapping[str, int]
     allow_initial_netns: bool
+    ct_flush_tcp: bool = False  # UDP flows of a removed backend are always flushed
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> TcNodePortOptions:
         known = {"devices", "bpffs_path", "mode", "snat_port_range", "maglev_table_size",
-                 "netns", "allow_initial_netns", *MACRO_OPTIONS}
+                 "netns", "allow_initial_netns", "ct_flush_tcp", *MACRO_OPTIONS}
         reject_unknown_options(options, NAME, known)
         devices = options.get("devices", ["eth0"])
         if isinstance(devices, str):
@@ -76,7 +78,9 @@ class TcNodePortOptions:
             raise ConfigError(f"driver_options.maglev_map_max: {sizes['maglev_map_max']} is "
                               f"below one table ({m} slots)")
         allow = option(options, NAME, "allow_initial_netns", bool, False)
-        return cls(tuple(devices), os.path.normpath(bpffs), mode, snat, m, netns, sizes, allow)
+        flush_tcp = option(options, NAME, "ct_flush_tcp", bool, False)
+        return cls(tuple(devices), os.path.normpath(bpffs), mode, snat, m, netns, sizes, allow,
+                   flush_tcp)
 
     def macros(self) -> dict[str, int]:
         macros = {MACRO_OPTIONS[name][0]: value for name, value in self.sizes.items()}

@@ -1,7 +1,7 @@
 """From (what the maps hold, what they must hold) to an ordered list of writes. Pure.
 
-Order (a packet racing the writer always meets a valid service): backends and local
-endpoints first, then Maglev slots and source ranges, then backend slots, then the
+Order (a packet racing the writer always meets a valid service): backends and DSR
+delivery entries first, then Maglev slots and source ranges, then backend slots, then the
 header that publishes count and flags; removals of headers next, then of the slots,
 tables and ranges they referred to, and backends last, once nothing refers to them.
 A Maglev table is written as the slots that changed (``maglev.changed_slots``).
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from lbcore.model import FrontendAddress
 
 from . import maglev
-from .image import BackendAddr, NodePortImage, ServiceEntry, maglev_backends
+from .image import BackendAddr, DsrKey, NodePortImage, ServiceEntry, maglev_backends
 
 RangeItem = tuple[int, str]  # (svc_id, cidr)
 
@@ -23,7 +23,7 @@ RangeItem = tuple[int, str]  # (svc_id, cidr)
 @dataclass
 class Plan:
     backend_puts: list[tuple[int, BackendAddr]] = field(default_factory=list)
-    local_ep_puts: list[str] = field(default_factory=list)
+    dsr_puts: list[tuple[DsrKey, int]] = field(default_factory=list)
     maglev_puts: list[tuple[int, int, int]] = field(default_factory=list)  # svc, index, bid
     range_puts: list[RangeItem] = field(default_factory=list)
     slot_puts: list[tuple[FrontendAddress, int, int]] = field(default_factory=list)
@@ -32,8 +32,10 @@ class Plan:
     slot_deletes: list[tuple[FrontendAddress, int]] = field(default_factory=list)
     maglev_deletes: list[tuple[int, int]] = field(default_factory=list)  # svc, index
     range_deletes: list[RangeItem] = field(default_factory=list)
-    local_ep_deletes: list[str] = field(default_factory=list)
+    dsr_deletes: list[DsrKey] = field(default_factory=list)
     backend_deletes: list[int] = field(default_factory=list)
+    # (frontend, backend id, backend) pairs that ended: their flows are stale
+    removed_pairs: list[tuple[FrontendAddress, int, BackendAddr]] = field(default_factory=list)
     services_written: int = 0
     services_removed: int = 0
 
@@ -41,7 +43,7 @@ class Plan:
         """(map, "put" | "delete", items) in the order they must reach the kernel."""
         return [
             ("backends", "put", self.backend_puts),
-            ("local_eps", "put", self.local_ep_puts),
+            ("dsr", "put", self.dsr_puts),
             ("maglev", "put", self.maglev_puts),
             ("ranges", "put", self.range_puts),
             ("slots", "put", self.slot_puts),
@@ -50,7 +52,7 @@ class Plan:
             ("slots", "delete", self.slot_deletes),
             ("maglev", "delete", self.maglev_deletes),
             ("ranges", "delete", self.range_deletes),
-            ("local_eps", "delete", self.local_ep_deletes),
+            ("dsr", "delete", self.dsr_deletes),
             ("backends", "delete", self.backend_deletes),
         ]
 
@@ -62,7 +64,7 @@ def plan_sync(
     current: NodePortImage,
     desired: Mapping[FrontendAddress, ServiceEntry | None],
     backends: Mapping[int, BackendAddr],
-    local_eps: set[str] | None,
+    dsr: Mapping[DsrKey, int] | None,
     m: int,
     *,
     prune: bool = False,
@@ -70,7 +72,7 @@ def plan_sync(
     """Writes taking ``current`` to ``desired`` for the frontends it names.
 
     ``backends`` holds every backend id the desired entries use (old and new);
-    ``local_eps`` the full set of local endpoints, or None to leave them. With
+    ``dsr`` every DSR delivery entry this node needs, or None to leave them. With
     ``prune`` (full sync) backends no service refers to are removed.
     """
     plan, after = Plan(), current.copy()
@@ -78,13 +80,17 @@ def plan_sync(
         if after.backends.get(bid) != backends[bid]:
             plan.backend_puts.append((bid, backends[bid]))
             after.backends[bid] = backends[bid]
-    if local_eps is not None:
-        plan.local_ep_puts = sorted(local_eps - after.local_eps)
-        plan.local_ep_deletes = sorted(after.local_eps - local_eps)
-        after.local_eps = set(local_eps)
+    if dsr is not None:
+        plan.dsr_puts = sorted((k, v) for k, v in dsr.items() if after.dsr.get(k) != v)
+        plan.dsr_deletes = sorted(set(after.dsr) - set(dsr))
+        after.dsr = dict(dsr)
 
     for addr in sorted(desired):
         entry, old = desired[addr], after.services.get(addr)
+        if old is not None:
+            gone = set(old.slots) - set(entry.slots if entry else ())
+            plan.removed_pairs += [(addr, bid, current.backends[bid]) for bid in sorted(gone)
+                                   if bid in current.backends]
         if entry is None:
             if old is not None:
                 _remove(plan, after, old)

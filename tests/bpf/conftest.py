@@ -3,7 +3,8 @@
 The program is compiled once per module with its maps pinned in a lab bpffs, and
 every run happens inside a lab network namespace (``setns`` on this thread, then
 back), because the program's FIB lookups read the routes of the namespace it runs
-in: node0 172.18.0.2/16 on eth0, pod CIDR 10.0.1.0/24 via node1 172.18.0.3.
+in: node0 172.18.0.2/16 and fc00:f853:ccd:e793::2/64 on eth0, pod CIDRs 10.0.1.0/24 and
+fd00:10:0:1::/64 via node1 (172.18.0.3, fc00:f853:ccd:e793::3).
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def bpflab():
         lab.veth(node, "eth0", peer, "eth0")
         node.add_addr("eth0", "172.18.0.2/16")
         peer.add_addr("eth0", "172.18.0.3/16")
+        node.add_addr("eth0", "fc00:f853:ccd:e793::2/64")
+        peer.add_addr("eth0", "fc00:f853:ccd:e793::3/64")
         node.add_route("10.0.1.0/24", via="172.18.0.3")
-        node.sysctl(**{"net.ipv4.ip_forward": 1})
+        node.add_route("fd00:10:0:1::/64", via="fc00:f853:ccd:e793::3")
+        node.sysctl(**{"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1})
         yield lab, node, lab.bpffs()
     finally:
         lab.close()
@@ -57,4 +61,4 @@ def bpflab():
 
 @pytest.fixture(scope="module")
 def node_info() -> NodeInfo:
-    return NodeInfo("node0", ("172.18.0.2",))
+    return NodeInfo("node0", ("172.18.0.2", "fc00:f853:ccd:e793::2"))

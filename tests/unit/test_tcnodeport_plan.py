@@ -11,7 +11,9 @@ from lbcore_tcnodeport.image import (
     F_MAGLEV,
     F_SRC_RANGES,
     Allocators,
+    DsrKey,
     NodePortImage,
+    dsr_ports,
     format_image,
     render_entry,
 )
@@ -22,11 +24,12 @@ M = 251
 NODE = "node0"
 
 
-def fe(port, backends, *, etp=False, ranges=(), algo=None, ip="172.18.0.2"):
-    bes = tuple(Backend(ip_, 8080, node_name=node) for ip_, node in backends)
+def fe(port, backends, *, etp=False, ranges=(), algo=None, ip="172.18.0.2",
+       type=FrontendType.NODE_PORT, target=8080, protocol="TCP"):
+    bes = tuple(Backend(ip_, target, node_name=node) for ip_, node in backends)
     ext = tuple(b for b in bes if b.node_name == NODE) if etp else bes
-    return Frontend(ServiceKey("default", f"s{port}"), "http", FrontendType.NODE_PORT,
-                    FrontendAddress(ip, port, "TCP"), bes, ext, source_ranges=ranges,
+    return Frontend(ServiceKey("default", f"s{port}"), "http", type,
+                    FrontendAddress(ip, port, protocol), bes, ext, source_ranges=ranges,
                     external_traffic_local=etp,
                     annotations={"lbcore.io/lb-algorithm": algo} if algo else {})
 
@@ -38,7 +41,7 @@ def sync(image, frontends, *, prune=True):
     for addr in image.services:
         desired.setdefault(addr, None)
     backends = {bid: a for a, bid in backend_ids.items()}
-    return plan_sync(image, desired, backends, set(), M, prune=prune)
+    return plan_sync(image, desired, backends, dsr_ports(frontends, NODE), M, prune=prune)
 
 
 def test_render_flags_local_backends_and_publish_order():
@@ -49,7 +52,7 @@ def test_render_flags_local_backends_and_publish_order():
     assert entry.source_ranges == ("192.0.2.0/24",)
     assert [after.backends[b].local for b in entry.slots] == [True, False]
     order = [(m, op) for m, op, items in plan.phases() if items]
-    assert order == [("backends", "put"), ("maglev", "put"), ("ranges", "put"),
+    assert order == [("backends", "put"), ("dsr", "put"), ("maglev", "put"), ("ranges", "put"),
                      ("slots", "put"), ("headers", "put")]
     assert len(plan.maglev_puts) == M and len(after.maglev[entry.svc_id]) == M
 
@@ -85,6 +88,46 @@ def test_resync_is_a_no_op_and_removal_deletes_everything():
     assert "svc 172.18.0.2:30080/TCP" in format_image(image)
 
 
+def test_dsr_delivery_entries_name_the_frontend_port_of_local_pods():
+    frontends = [
+        fe(30080, [("10.0.0.10", NODE), ("10.0.1.10", "n1")]),  # NodePort: via any node
+        fe(80, [("10.0.0.10", NODE)], ip="198.51.100.1", type=FrontendType.EXTERNAL_IP,
+           target=9090),
+        fe(80, [("10.0.0.10", NODE)], ip="198.51.100.1", type=FrontendType.EXTERNAL_IP,
+           target=9000, protocol="UDP"),
+        fe(30081, [("fd00:10::a", NODE)], ip="fc00::2"),
+    ]
+    assert dsr_ports(frontends, NODE) == {
+        DsrKey("10.0.0.10", "", 30080, "TCP"): 8080,
+        DsrKey("10.0.0.10", "198.51.100.1", 80, "TCP"): 9090,
+        DsrKey("10.0.0.10", "198.51.100.1", 80, "UDP"): 9000,
+        DsrKey("fd00:10::a", "", 30081, "TCP"): 8080,
+    }
+    # Two services on one pod and one ExternalIP port: the lowest port, on every run.
+    clash = [fe(80, [("10.0.0.10", NODE)], ip="198.51.100.1", type=FrontendType.EXTERNAL_IP,
+                target=t) for t in (9090, 9001)]
+    assert dsr_ports(clash, NODE) == {DsrKey("10.0.0.10", "198.51.100.1", 80, "TCP"): 9001}
+    plan, image = sync(NodePortImage(), frontends)
+    assert sorted(plan.dsr_puts) == sorted(dsr_ports(frontends, NODE).items())
+    plan, _ = sync(image, frontends[:1])
+    assert sorted(plan.dsr_deletes) == sorted(set(image.dsr) - {
+        DsrKey("10.0.0.10", "", 30080, "TCP")})
+
+
+def test_plan_names_the_frontend_backend_pairs_that_ended():
+    both = [("10.0.0.10", NODE), ("10.0.1.10", "n1")]
+    _, image = sync(NodePortImage(), [fe(30080, both), fe(30090, both)])
+    plan, after = sync(image, [fe(30080, both[:1]), fe(30090, both)])
+    gone = next(b for b, a in image.backends.items() if a.ip == "10.0.1.10")
+    assert plan.removed_pairs == [(FrontendAddress("172.18.0.2", 30080, "TCP"), gone,
+                                   image.backends[gone])]
+    assert plan.backend_deletes == []  # 30090 still uses it
+    plan, _ = sync(after, [])
+    assert {(f.port, b) for f, b, _ in plan.removed_pairs} == {
+        (30080, next(b for b, a in image.backends.items() if a.ip == "10.0.0.10")),
+        (30090, gone), (30090, next(b for b, a in image.backends.items() if a.ip == "10.0.0.10"))}
+
+
 def test_slots_keep_positions():
     _, image = sync(NodePortImage(), [fe(30080, [("10.0.1.1", "n1"), ("10.0.1.2", "n1"),
                                                  ("10.0.1.3", "n1")])])
@@ -109,5 +152,5 @@ def test_options_are_validated(bad, match):
 
 def test_options_defaults():
     opts = TcNodePortOptions.parse({})
-    assert opts.mode == "snat" and opts.snat_ports == (61000, 65535)
+    assert opts.mode == "snat" and opts.snat_ports == (61000, 65535) and not opts.ct_flush_tcp
     assert opts.macros()["LBN_MAGLEV_M"] == 16381 and opts.devices == ("eth0",)

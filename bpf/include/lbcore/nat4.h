@@ -1,49 +1,23 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * IPv4 packet parsing and rewriting for tc programs, with incremental L3/L4 checksum
- * updates. Reads go through bpf_skb_load_bytes into stack copies and writes through
- * bpf_skb_store_bytes, so no packet pointer outlives a helper that may move the data.
+ * IPv4 specifics of the tc NodePort programs: parsing, the L3 part of a rewrite, and
+ * the IP-in-IP carrier header. Family-neutral callers go through lbcore/nat.h.
  *
- * Checksums: the L4 sum covers the pseudo header, so an address change updates both
- * the IPv4 header sum and the L4 sum (BPF_F_PSEUDO_HDR); a port change updates only
- * the L4 sum. A UDP checksum of 0 means "none" and stays 0 (BPF_F_MARK_MANGLED_0,
- * which also turns a computed 0 into 0xffff). CHECKSUM_PARTIAL packets (local senders,
- * GSO) are handled by the helpers: only the stored pseudo-header sum changes.
+ * Reads go through bpf_skb_load_bytes into stack copies and writes through
+ * bpf_skb_store_bytes, so no packet pointer outlives a helper that may move the data.
  */
 #ifndef LBCORE_NAT4_H
 #define LBCORE_NAT4_H
 
-#include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/pkt_cls.h>
 
-#include "lbcore/nodeport.h"
-#include "lbcore/addr.h"
+#include "lbcore/pkt.h"
 
 #define LBN_IP_MF 0x2000
 #define LBN_IP_OFFSET 0x1fff
 #define LBN_IP_DF 0x4000
-#define LBN_TCP_FIN 0x01
-#define LBN_TCP_SYN 0x02
-#define LBN_TCP_RST 0x04
-#define LBN_TCP_ACK 0x10
-#define LBN_AF_INET 2
 
-/* A parsed IPv4 packet: the tuple as seen (a ct key) and where its headers are. */
-struct lbn_pkt {
-	struct lbn_ct_key key;
-	__u32 l3;        /* offset of the IPv4 header */
-	__u32 l4;        /* offset of the TCP/UDP header */
-	__be16 ip_id;
-	__u16 tot_len;   /* host order */
-	__u8 tcp_flags;
-	__u8 ttl;
-	__u8 tos;
-	__u8 pad;
-};
-
-/* 0: TCP/UDP (ports read) or IP-in-IP (no ports); -1: anything we leave alone. */
+/* 0: TCP/UDP (ports read), ICMP (type read) or IP-in-IP; -1: anything we leave alone. */
 static __always_inline int lbn_parse4(struct __sk_buff *skb, __u32 l3, struct lbn_pkt *p)
 {
 	struct iphdr ip;
@@ -54,122 +28,86 @@ static __always_inline int lbn_parse4(struct __sk_buff *skb, __u32 l3, struct lb
 		return -1;
 	if (ip.frag_off & bpf_htons(LBN_IP_MF | LBN_IP_OFFSET))
 		return -1; /* fragments: no ports to match; left to the stack */
+	p->family = LBN_V4;
 	p->l3 = l3;
 	p->l4 = l3 + ip.ihl * 4;
-	p->ip_id = ip.id;
-	p->tot_len = bpf_ntohs(ip.tot_len);
+	p->len = bpf_ntohs(ip.tot_len);
 	p->ttl = ip.ttl;
 	p->tos = ip.tos;
 	p->key.proto = ip.protocol;
 	lb_addr_from_v4(&p->key.src, ip.saddr);
 	lb_addr_from_v4(&p->key.dst, ip.daddr);
-	if (ip.protocol == IPPROTO_IPIP)
+	if (ip.protocol == LBN_PROTO_IPIP)
 		return 0;
+	if (ip.protocol == LBN_PROTO_ICMP)
+		return bpf_skb_load_bytes(skb, p->l4, &p->icmp_type, 1) < 0 ? -1 : 0;
 	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
 		return -1;
 	if (bpf_skb_load_bytes(skb, p->l4, &p->key.sport, 4) < 0)
 		return -1;
-	if (ip.protocol == IPPROTO_TCP &&
-	    bpf_skb_load_bytes(skb, p->l4 + 13, &p->tcp_flags, 1) < 0)
-		return -1;
+	/* A TCP header cut short (the quote in an ICMP error) has no flags: 0. */
+	if (ip.protocol == IPPROTO_TCP)
+		bpf_skb_load_bytes(skb, p->l4 + 13, &p->tcp_flags, 1);
 	return 0;
 }
 
-static __always_inline int lbn_is_ipv4(struct __sk_buff *skb)
-{
-	__be16 proto;
-
-	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, 2) < 0)
-		return 0;
-	return proto == bpf_htons(ETH_P_IP);
-}
-
-static __always_inline __u32 lbn_l4_csum_off(const struct lbn_pkt *p)
-{
-	return p->l4 + (p->key.proto == IPPROTO_TCP ? 16 : 6);
-}
-
-static __always_inline __u64 lbn_l4_csum_flags(const struct lbn_pkt *p)
-{
-	return p->key.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-}
-
-/* Rewrite the source (field 12) or destination (field 16) address. */
-static __always_inline int lbn_set_addr4(struct __sk_buff *skb, const struct lbn_pkt *p,
-					 __u32 field, __be32 from, __be32 to)
-{
-	if (from == to)
-		return 0;
-	if (bpf_l4_csum_replace(skb, lbn_l4_csum_off(p), from, to,
-				lbn_l4_csum_flags(p) | BPF_F_PSEUDO_HDR | sizeof(to)) < 0)
-		return -1;
-	if (bpf_l3_csum_replace(skb, p->l3 + offsetof(struct iphdr, check), from, to,
-				sizeof(to)) < 0)
-		return -1;
-	return bpf_skb_store_bytes(skb, p->l3 + field, &to, sizeof(to), 0);
-}
-
-/* Rewrite the source (field 0) or destination (field 2) port. */
-static __always_inline int lbn_set_port(struct __sk_buff *skb, const struct lbn_pkt *p,
-					__u32 field, __be16 from, __be16 to)
-{
-	if (from == to)
-		return 0;
-	if (bpf_l4_csum_replace(skb, lbn_l4_csum_off(p), from, to,
-				lbn_l4_csum_flags(p) | sizeof(to)) < 0)
-		return -1;
-	return bpf_skb_store_bytes(skb, p->l4 + field, &to, sizeof(to), 0);
-}
-
-/* Forwarding done here instead of by the stack: count the hop. */
-static __always_inline int lbn_ttl_dec(struct __sk_buff *skb, struct lbn_pkt *p)
-{
-	__u8 ttl = p->ttl - 1;
-	__be16 old = bpf_htons(((__u16)p->ttl << 8) | p->key.proto);
-	__be16 new = bpf_htons(((__u16)ttl << 8) | p->key.proto);
-
-	if (p->ttl <= 1)
-		return -1;
-	if (bpf_l3_csum_replace(skb, p->l3 + offsetof(struct iphdr, check), old, new, 2) < 0)
-		return -1;
-	p->ttl = ttl;
-	return bpf_skb_store_bytes(skb, p->l3 + offsetof(struct iphdr, ttl), &ttl, 1, 0);
-}
-
-static __always_inline __u16 lbn_csum_fold(__s64 sum)
-{
-	__u32 c = (__u32)sum;
-
-	c = (c & 0xffff) + (c >> 16);
-	c = (c & 0xffff) + (c >> 16);
-	return (__u16)~c;
-}
-
-/* bcc 0.26 declares this helper with three arguments; the kernel takes four. */
-static long (*lbn_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
-				  __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+/* Bytes 8..20 of the IPv4 header: what a translation changes, stored in one write. */
+struct lbn_ip4_tail {
+	__u8 ttl;
+	__u8 protocol;
+	__sum16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
 
 /*
- * Route ``dst`` from this device and send the packet there, resolving the next hop's
- * MAC through the neighbour table. The stack would refuse to forward some of these
- * packets itself (their source is a local address after SNAT).
+ * New addresses (and TTL) into the IPv4 header, its checksum updated incrementally
+ * (RFC 1624) in the same write. The header sums to the same value before and after,
+ * so a CHECKSUM_COMPLETE skb->csum stays right without a recompute.
  */
-static __always_inline int lbn_fib_redirect(struct __sk_buff *skb, __be32 src, __be32 dst)
+static __always_inline int lbn_rewrite_l3_4(struct __sk_buff *skb, const struct lbn_pkt *p,
+					    __be32 src, __be32 dst, __u8 ttl)
 {
-	struct bpf_fib_lookup fib = {};
-	struct bpf_redir_neigh nh = {};
-	long rc;
+	struct lbn_ip4_tail h;
+	__be32 old_w, new_w;
+	__u32 sum;
 
-	fib.family = LBN_AF_INET;
-	fib.ifindex = skb->ifindex;
-	fib.ipv4_src = src;
-	fib.ipv4_dst = dst;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return TC_ACT_SHOT;
-	nh.nh_family = LBN_AF_INET;
-	nh.ipv4_nh = fib.ipv4_dst; /* the gateway, or dst itself when on link */
-	return lbn_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	if (bpf_skb_load_bytes(skb, p->l3 + 8, &h, sizeof(h)) < 0)
+		return -1;
+	old_w = (__be32)h.ttl | ((__be32)h.protocol << 8);
+	new_w = (__be32)ttl | ((__be32)h.protocol << 8);
+	sum = (__u16)~h.check;
+	sum = lbn_csum_add(lbn_csum_sub(sum, old_w), new_w);
+	sum = lbn_csum_add(lbn_csum_sub(sum, h.saddr), src);
+	sum = lbn_csum_add(lbn_csum_sub(sum, h.daddr), dst);
+	h.ttl = ttl;
+	h.check = lbn_csum_fold(sum);
+	h.saddr = src;
+	h.daddr = dst;
+	return bpf_skb_store_bytes(skb, p->l3 + 8, &h, sizeof(h), 0);
+}
+
+/* The outer header of an IP-in-IP packet from ``src`` to ``dst`` carrying ``p``. */
+static __always_inline void lbn_carrier4(struct iphdr *outer, const struct lbn_pkt *p,
+					 __be32 src, __be32 dst)
+{
+	__u32 sum = 0;
+
+	outer->version = 4;
+	outer->ihl = 5;
+	outer->tos = p->tos;
+	outer->tot_len = bpf_htons(p->len + sizeof(*outer));
+	outer->id = 0;
+	outer->frag_off = bpf_htons(LBN_IP_DF); /* atomic datagram (RFC 6864) */
+	outer->ttl = 64;
+	outer->protocol = LBN_PROTO_IPIP;
+	outer->check = 0;
+	outer->saddr = src;
+	outer->daddr = dst;
+#pragma unroll
+	for (int i = 0; i < 5; i++)
+		sum = lbn_csum_add(sum, ((__be32 *)outer)[i]);
+	outer->check = lbn_csum_fold(sum);
 }
 
 #endif /* LBCORE_NAT4_H */

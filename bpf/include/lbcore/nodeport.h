@@ -41,6 +41,9 @@
 #ifndef LBN_CT_CLOSE_TIMEOUT
 #define LBN_CT_CLOSE_TIMEOUT 10 /* seconds: after FIN or RST */
 #endif
+#ifndef LBN_CT_TIME_WAIT_TIMEOUT
+#define LBN_CT_TIME_WAIT_TIMEOUT 120 /* seconds: a closed flow's SNAT port reservation */
+#endif
 #ifndef LBN_CT_UDP_TIMEOUT
 #define LBN_CT_UDP_TIMEOUT 60 /* seconds: UDP since the last packet */
 #endif
@@ -87,15 +90,26 @@ struct lbn_src_range_key {
 	struct lb_addr address;
 };
 
+/* lbn_dsr: which port a DSR packet for a local pod is for (filled on every node).
+ * A NodePort arrives addressed to whichever node the client used: frontend is zero. */
+struct lbn_dsr_key {
+	struct lb_addr backend;  /* the local pod the carrier is addressed to */
+	struct lb_addr frontend; /* ExternalIP / LoadBalancer IP; zero for NodePorts */
+	__be16 port;             /* the frontend port */
+	__u8 proto;
+	__u8 pad;
+};
+
 /* lbn_cfg (array, one entry): this node, written by the driver at setup. */
 #define LBN_MODE_SNAT 0
 #define LBN_MODE_DSR 1
 
 struct lbn_config {
-	struct lb_addr node_addr; /* SNAT source and outer source of DSR packets */
-	__u16 snat_min;           /* host order: SNAT port range */
+	struct lb_addr node_addr;  /* IPv4 (mapped): SNAT source, DSR carrier source */
+	struct lb_addr node_addr6; /* the same for IPv6 flows; zero if the node has none */
+	__u16 snat_min;            /* host order: SNAT port range */
 	__u16 snat_max;
-	__u8 mode;                /* LBN_MODE_*: how remote backends are reached */
+	__u8 mode;                 /* LBN_MODE_*: how remote backends are reached */
 	__u8 pad[3];
 };
 
@@ -116,16 +130,30 @@ struct lbn_ct_key {
 /* What to do with a packet of the flow. */
 #define LBN_ACT_STACK 0    /* rewrite, then hand to the stack (local pod, reply out) */
 #define LBN_ACT_REDIRECT 1 /* rewrite, then FIB lookup and redirect (SNAT both ways) */
-#define LBN_ACT_DSR 2      /* no rewrite: IP-in-IP to the backend named in to_dst:to_dport */
+#define LBN_ACT_DSR 2      /* no rewrite: carrier to the backend named in to_dst */
 
-#define LBN_CT_F_SNAT 0x1 /* rewrite source to to_src:to_sport */
-#define LBN_CT_F_DNAT 0x2 /* rewrite destination to to_dst:to_dport */
+#define LBN_CT_F_SNAT 0x1      /* rewrite source to to_src:to_sport */
+#define LBN_CT_F_DNAT 0x2      /* rewrite destination to to_dst:to_dport */
+#define LBN_CT_F_CLAMP_MSS 0x4 /* DSR reply: lower the SYN-ACK's MSS by the carrier */
+#define LBN_CT_F_REPLY 0x8     /* the entry translates the backend's packets */
+#define LBN_CT_F_DSR_IN 0x10   /* DSR delivery node: also refreshed by the client's */
 
 enum {
 	LBN_TCP_SYN = 1,
 	LBN_TCP_ESTABLISHED = 2,
-	LBN_TCP_CLOSING = 3,
+	LBN_TCP_CLOSING = 3, /* one side sent FIN */
+	LBN_TCP_CLOSED = 4,  /* both sent FIN, or an RST: the SNAT port may serve a new flow */
 };
+
+/* How an entry's flow has been closed (fins). */
+#define LBN_FIN_CLIENT 0x1        /* the client sent FIN */
+#define LBN_FIN_BACKEND 0x2       /* the backend sent FIN */
+#define LBN_FIN_RST 0x4           /* either side sent RST */
+
+/* peer_dir: where the other direction's entry is (0: not on this node). */
+#define LBN_PEER_NONE 0
+#define LBN_PEER_INGRESS 1
+#define LBN_PEER_EGRESS 2
 
 struct lbn_ct_val {
 	struct lb_addr to_src;
@@ -133,11 +161,15 @@ struct lbn_ct_val {
 	__u64 expires; /* bpf_ktime_get_ns() */
 	__be16 to_sport;
 	__be16 to_dport;
-	__u32 backend_id; /* for read back */
+	__u32 backend_id; /* for read back and the flush of a removed backend */
 	__u8 action;      /* LBN_ACT_* */
 	__u8 flags;       /* LBN_CT_F_* */
 	__u8 tcp_state;   /* LBN_TCP_*; 0 for UDP */
-	__u8 pad[5];
+	__u8 fins;        /* LBN_FIN_* */
+	__u8 peer_dir;    /* LBN_PEER_* */
+	__u8 pad[3];
+	__u32 seq_end;    /* host order: the client's next sequence number after its FIN */
+	__u32 ts_end;     /* host order: the TSval of the client's FIN (0: no timestamps) */
 };
 
 #endif /* LBCORE_NODEPORT_H */
