@@ -10,7 +10,8 @@ to the bare ClusterIP, the backend's replies reach the client from the wrong add
 
 A live switch from a conntrack-NAT datapath (iptables, nftables) to one that needs no
 conntrack (socklb) therefore first installs a *keeper*: one chain that no built-in
-chain jumps to, with one conntrack match in it. It is never evaluated; it only holds
+chain jumps to, with one conntrack match in it, in the IPv4 and the IPv6 filter table
+(conntrack is referenced per family). It is never evaluated; it only holds
 the reference, so established flows keep their NAT for as long as they live. It is
 removed when a conntrack-NAT datapath is switched to again, and by ``lbcore cleanup``.
 On a usual node (container runtime and CNI rules, kubelet) conntrack is on anyway.
@@ -28,7 +29,9 @@ LOG = logging.getLogger(__name__)
 CHAIN = "LBCORE-CT-KEEP"
 RULE = f"-A {CHAIN} -m conntrack --ctstate INVALID -m comment --comment " \
        '"lbcore: keeps conntrack on for flows NATed by an earlier datapath" -j RETURN'
-TOOL = "iptables-legacy"
+# Conntrack is referenced per address family: one keeper per family's tables.
+TOOLS = {4: "iptables-legacy", 6: "ip6tables-legacy"}
+TABLES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 
 
 def netns_path(netns: str | None) -> str | None:
@@ -42,48 +45,62 @@ def _run(netns: str | None, tool: str, *args: str, stdin: str | None = None
          ) -> subprocess.CompletedProcess[str]:
     prefix = ["nsenter", f"--net={netns}", "--"] if netns else []
     return subprocess.run([*prefix, tool, *args], input=stdin, capture_output=True, text=True,
-                          timeout=30)
+                          timeout=120)
 
 
-def installed(netns: str | None = None) -> bool:
-    """Is the keeper there? Reads only: no lock taken, no table loaded (a namespace
-    without a legacy filter table has no keeper)."""
-    if shutil.which(TOOL) is None:
+def _families() -> list[int]:
+    return [f for f, tool in TOOLS.items() if shutil.which(f"{tool}-restore")]
+
+
+def installed(netns: str | None = None, family: int = 4) -> bool:
+    """Is the keeper there for ``family``? Reads only: no lock taken, no table loaded
+    (a namespace without that family's legacy filter table has no keeper)."""
+    tool = TOOLS[family]
+    if shutil.which(f"{tool}-save") is None:
         return False
-    tables = _run(netns, "cat", "/proc/net/ip_tables_names")
+    tables = _run(netns, "cat", TABLES[family])
     if "filter" not in tables.stdout.split():
         return False
-    saved = _run(netns, f"{TOOL}-save", "-t", "filter")
-    return f":{CHAIN} " in saved.stdout
+    return f":{CHAIN} " in _run(netns, f"{tool}-save", "-t", "filter").stdout
 
 
 def keep(netns: str | None = None) -> bool:
-    """Install the keeper in ``netns`` (None: this namespace). True if it is there."""
-    if shutil.which(TOOL) is None:
+    """Install the keeper in ``netns`` (None: this namespace), for every address
+    family whose tools are installed. True if it is there for all of them."""
+    families = _families()
+    if not families:
         LOG.warning("%s not found: connections NATed by the old datapath may lose their "
-                    "translation when it is removed (nothing else may keep conntrack on)", TOOL)
+                    "translation when it is removed", TOOLS[4])
         return False
-    if installed(netns):
-        return True
-    r = _run(netns, f"{TOOL}-restore", "--noflush", "-w", "5",
-             stdin=f"*filter\n:{CHAIN} - [0:0]\n{RULE}\nCOMMIT\n")
-    if r.returncode != 0:
-        LOG.warning("could not keep conntrack on (%s); connections NATed by the old "
-                    "datapath may break when it is removed", r.stderr.strip())
-        return False
-    LOG.info("conntrack kept on (chain %s in the filter table) for the flows the old "
-             "datapath NATed", CHAIN)
-    return True
+    ok = True
+    for family in families:
+        if installed(netns, family):
+            continue
+        r = _run(netns, f"{TOOLS[family]}-restore", "--noflush", "-w", "60",
+                 stdin=f"*filter\n:{CHAIN} - [0:0]\n{RULE}\nCOMMIT\n")
+        if r.returncode != 0:
+            LOG.warning("could not keep IPv%d conntrack on (%s); connections NATed by the "
+                        "old datapath may break when it is removed", family, r.stderr.strip())
+            ok = False
+    if ok:
+        LOG.info("conntrack kept on (chain %s in the filter tables) for the flows the old "
+                 "datapath NATed", CHAIN)
+    return ok
 
 
 def release(netns: str | None = None) -> bool:
-    """Remove the keeper; True if there was one."""
-    if not installed(netns):
-        return False
-    r = _run(netns, f"{TOOL}-restore", "--noflush", "-w", "5",
-             stdin=f"*filter\n:{CHAIN} - [0:0]\n-X {CHAIN}\nCOMMIT\n")
-    if r.returncode != 0:
-        LOG.warning("could not remove chain %s: %s", CHAIN, r.stderr.strip())
-        return False
-    LOG.info("removed the conntrack keeper (chain %s)", CHAIN)
-    return True
+    """Remove the keeper (every family); True if there was one."""
+    removed = False
+    for family in _families():
+        if not installed(netns, family):
+            continue
+        r = _run(netns, f"{TOOLS[family]}-restore", "--noflush", "-w", "60",
+                 stdin=f"*filter\n:{CHAIN} - [0:0]\n-X {CHAIN}\nCOMMIT\n")
+        if r.returncode != 0:
+            LOG.warning("could not remove chain %s (IPv%d): %s", CHAIN, family,
+                        r.stderr.strip())
+            continue
+        removed = True
+    if removed:
+        LOG.info("removed the conntrack keeper (chain %s)", CHAIN)
+    return removed

@@ -55,13 +55,16 @@ def datapaths(bench: BenchCluster) -> dict[str, set[str]]:
     for node in bench.cluster.nodes.values():
         held = set()
         nat = bench.lab.run(node.ns, ["iptables-legacy-save", "-t", "nat"]).stdout
+        nat6 = bench.lab.run(node.ns, ["ip6tables-legacy-save", "-t", "nat"]).stdout
         if "KUBE-SERVICES" in nat or "KUBE-SVC-" in nat:
             held.add("iptables")
+        if "KUBE-SERVICES" in nat6:
+            held.add("ip6tables")
         if any(loader.attachments(str(node.pods_cgroup)).values()):
             held.add("socklb")
         if (bench.cluster.bpffs / node.name / "lbc_svc").exists():
             held.add("socklb-maps")
-        if ctkeep.installed(node.ns.path):
+        if ctkeep.installed(node.ns.path, 4) and ctkeep.installed(node.ns.path, 6):
             held.add("conntrack-keeper")
         out[node.name] = held
     return out
@@ -97,7 +100,7 @@ def test_iptables_to_socklb_and_back_under_load(bench):
     held_socklb = None
     try:
         wait_healthy(cluster, agents, timeout=60)
-        assert datapaths(bench) == {n: {"iptables"} for n in cluster.nodes}
+        assert datapaths(bench) == {n: {"iptables", "ip6tables"} for n in cluster.nodes}
         load = start_load(bench, ew=True, ns=False, close=True, connections=2, connector=True)
         try:
             switch_all(bench, agents, "socklb", 1)
@@ -109,7 +112,7 @@ def test_iptables_to_socklb_and_back_under_load(bench):
                 bench.services["web"].cluster_ip, "80", "0.02"], name="held-socklb")
             wait_for("a connection under socklb", lambda: '"connected"' in held_socklb.output())
             switch_all(bench, agents, "iptables", 2)
-            assert datapaths(bench) == {n: {"iptables"} for n in cluster.nodes}
+            assert datapaths(bench) == {n: {"iptables", "ip6tables"} for n in cluster.nodes}
         finally:
             results = load.finish()
             if held_socklb is not None:
