@@ -64,7 +64,9 @@ class CliEnv:
     def make_driver(self, config: Config) -> GuardedDriver:
         if self.driver_factory is not None:
             return self.driver_factory(config)
-        return create_driver(config, self.driver_registry())
+        driver = create_driver(config, self.driver_registry())
+        follow_logs(type(driver.inner).__module__)
+        return driver
 
     def make_source(self, config: Config) -> Source:
         if self.source_factory is not None:
@@ -74,7 +76,8 @@ class CliEnv:
     def make_agent(self, config: Config, *, log_skips: bool = True,
                    driver: GuardedDriver | None = None) -> Agent:
         return Agent(config, driver or self.make_driver(config), self.make_source(config),
-                     clock=self.clock, expand=self.expand, log_skips=log_skips)
+                     clock=self.clock, expand=self.expand, log_skips=log_skips,
+                     driver_factory=self.make_driver)
 
 
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -93,20 +96,39 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def setup_logging(verbose: int, debug: bool) -> None:
-    logger = logging.getLogger("lbcore")
-    for handler in list(logger.handlers):
+    """lbcore's messages at the level asked for; drivers' too (``follow_logs``);
+    other libraries' warnings only. One handler, on the root logger."""
+    root = logging.getLogger()
+    for handler in list(root.handlers) + list(logging.getLogger("lbcore").handlers):
         if isinstance(handler, _CurrentStderr):
-            logger.removeHandler(handler)
+            root.removeHandler(handler)
+            logging.getLogger("lbcore").removeHandler(handler)
     handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.propagate = False
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    logger = logging.getLogger("lbcore")
+    logger.propagate = True
     if debug or verbose >= 2:
         logger.setLevel(logging.DEBUG)
     elif verbose == 1:
         logger.setLevel(logging.INFO)
     else:
         logger.setLevel(logging.WARNING)
+    for name in _FOLLOWED:
+        logging.getLogger(name).setLevel(logger.level)
+
+
+_FOLLOWED: set[str] = set()
+
+
+def follow_logs(module: str) -> None:
+    """A plugin's logger (its top-level package) logs at lbcore's level."""
+    top = module.split(".", 1)[0]
+    if top != "lbcore":
+        _FOLLOWED.add(top)
+        logging.getLogger(top).setLevel(logging.getLogger("lbcore").level)
 
 
 class LBCoreGroup(click.Group):
@@ -152,7 +174,8 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.pass_obj
 def run(env: CliEnv, config_path: Path, healthz_address: str | None) -> None:
     """Sync, then follow the source. SIGTERM/SIGINT stop it and leave the datapath
-    in place; SIGHUP re-reads the source."""
+    in place; SIGHUP re-reads the source. A new `driver:` in the config file switches
+    the datapath live (new one up and verified, then the old one removed)."""
     from .health import HealthServer, parse_bind_address
 
     config = load_config(config_path)
@@ -161,7 +184,7 @@ def run(env: CliEnv, config_path: Path, healthz_address: str | None) -> None:
     LOG.info("lbcore %s: driver %s, %s", __version__, config.driver, agent.source.describe())
     server = None
     if address is not None:
-        server = HealthServer(address, agent.healthy, agent.metrics, agent.clock.wall).start()
+        server = HealthServer(address, agent.health_status, agent.metrics).start()
     try:
         agent.run(threading.Event())
     finally:
@@ -309,10 +332,15 @@ def _config_checks(env: CliEnv, config_path: Path) -> list[CheckResult]:
 @click.pass_obj
 def cleanup(env: CliEnv, config_path: Path) -> None:
     """Remove everything the configured driver created."""
+    from . import ctkeep
+
     config = load_config(config_path)
     driver = env.make_driver(config)
     driver.cleanup()
     click.echo(f"driver {driver.name}: removed everything it created")
+    if env.driver_factory is None and ctkeep.release(
+            ctkeep.netns_path(config.driver_options.get("netns"))):
+        click.echo("removed the conntrack keeper a live driver switch left")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)

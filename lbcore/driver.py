@@ -51,6 +51,10 @@ class Capabilities:
     # Which clients the datapath serves (see CLIENT_KINDS). None (drivers written before
     # this field): inferred by ``served_clients`` from ``frontend_types``.
     clients: frozenset[str] | None = None
+    # The datapath translates with netfilter conntrack NAT (iptables, nftables): its
+    # established flows keep their translation only while conntrack stays enabled in
+    # the namespace (a live switch away from it keeps it on: lbcore.ctkeep).
+    conntrack_nat: bool = False
 
     def served_clients(self) -> frozenset[str]:
         """``clients``, or when unset: pods for a driver that programs ClusterIPs (east-west),
@@ -164,6 +168,14 @@ class Driver(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release user-space resources; the datapath stays in place."""
+
+    def map_pressure(self) -> dict[str, tuple[int, int]]:
+        """Optional: ``{map name: (entries in use, max entries)}`` of the driver's BPF
+        maps, read from the kernel (not from memory). Exported as Cilium's
+        ``bpf_map_pressure``. Called from the metrics thread, concurrently with
+        ``sync``: open the maps independently (e.g. by their pins). Drivers without
+        maps return ``{}``."""
+        return {}
 
 
 def option(

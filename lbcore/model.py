@@ -142,6 +142,9 @@ class Node:
     name: str
     addresses: tuple[str, ...]  # InternalIP / ExternalIP addresses
     zone: str | None = None
+    # Being deleted (deletionTimestamp) or tainted ToBeDeletedByClusterAutoscaler:
+    # kube-proxy's "not eligible", /healthz 503 so load balancers drain the node.
+    deleting: bool = False
 
 
 @dataclass(frozen=True)

@@ -283,3 +283,8 @@ class GuardedDriver:
 
     def close(self) -> None:
         self._guard.call("close", self.inner.close)
+
+    def map_pressure(self) -> dict[str, tuple[int, int]]:
+        pressure = self._guard.call("map_pressure", self.inner.map_pressure)
+        self._guard.expect("map_pressure", pressure, dict, "a dict of name -> (used, max)")
+        return pressure

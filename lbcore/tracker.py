@@ -60,6 +60,15 @@ class _Change:
     since: float  # monotonic time the change was first seen
 
 
+def change_kind(previous: ServiceView | _Unsynced | None, current: ServiceView | None) -> str:
+    """"endpoints" when only a service's EndpointSlices differ, else "service" (its
+    Service object, its nodes, its existence, or unknown after a failed sync), for
+    kube-proxy's separate service/endpoint change counters."""
+    same = (isinstance(previous, ServiceView) and current is not None
+            and previous.service == current.service and previous.nodes == current.nodes)
+    return "endpoints" if same else "service"
+
+
 class Checkpoint(NamedTuple):
     """What one sync works from: the snapshot, what changed, and since when."""
 
@@ -110,6 +119,7 @@ class ChangeTracker:
         self._objects: ClusterObjects | None = None
         self._views: dict[ServiceKey, ServiceView] = {}
         self._changes: dict[ServiceKey, _Change] = {}
+        self.last_kinds = (0, 0)  # (service, endpoint) changes of the last update
 
     @property
     def objects(self) -> ClusterObjects | None:
@@ -130,6 +140,7 @@ class ChangeTracker:
                  for key in _candidates(previous, objects) if key in live}
         now = self._clock.now()
         touched: set[ServiceKey] = set()
+        endpoint_only = 0
         with self._lock:
             gone = list(self._views.keys() - live)
             for key in [*fresh, *gone]:
@@ -137,6 +148,7 @@ class ChangeTracker:
                 if old == new:
                     continue
                 touched.add(key)
+                endpoint_only += change_kind(old, new) == "endpoints"
                 change = self._changes.get(key)
                 if change is None:
                     self._changes[key] = _Change(previous=old, current=new, since=now)
@@ -148,11 +160,19 @@ class ChangeTracker:
                 del self._views[key]
             self._views.update(fresh)
             self._objects = objects
+            self.last_kinds = (len(touched) - endpoint_only, endpoint_only)
         return frozenset(touched)
 
     def pending(self) -> frozenset[ServiceKey]:
         with self._lock:
             return frozenset(self._changes)
+
+    def pending_kinds(self) -> tuple[int, int]:
+        """Pending (service, endpoint) changes: kube-proxy's *_changes_pending."""
+        with self._lock:
+            endpoints = sum(change_kind(c.previous, c.current) == "endpoints"
+                            for c in self._changes.values())
+            return len(self._changes) - endpoints, endpoints
 
     def oldest_pending(self) -> float | None:
         """Monotonic time the oldest unsynced change was seen, or None."""

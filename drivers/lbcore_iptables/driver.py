@@ -125,6 +125,7 @@ class IptablesDriver(Driver):
             algorithms=frozenset({"random"}),
             node_ports="local",
             clients=frozenset({"pod", "host", "external"}),  # PREROUTING and OUTPUT hooks
+            conntrack_nat=True,  # DNAT/masquerade by conntrack (lbcore.ctkeep)
             description="kube-proxy's iptables mode (nat KUBE-SERVICES/SVC/SEP chains, "
                         "statistic random, masquerade mark), iptables-restore and "
                         "ip6tables-restore per sync",

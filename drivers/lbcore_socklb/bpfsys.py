@@ -1,14 +1,16 @@
 """The few bpf(2) commands bcc does not wrap: query, inspect and detach by id.
 
 Read back must ask the kernel, not our memory: which programs are attached to a
-cgroup hook (BPF_PROG_QUERY), what they are called (BPF_OBJ_GET_INFO_BY_FD), and
-what a pinned map looks like (BPF_OBJ_GET + info), so a restart can adopt them.
+cgroup hook (BPF_PROG_QUERY), what they are called (BPF_OBJ_GET_INFO_BY_FD), what a
+pinned map looks like (BPF_OBJ_GET + info), so a restart can adopt them, and how many
+entries a pinned map holds (BPF_MAP_LOOKUP_BATCH), for map pressure.
 Layouts follow ``union bpf_attr`` / ``struct bpf_prog_info`` in linux/bpf.h.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from dataclasses import dataclass
 
@@ -18,6 +20,9 @@ BPF_PROG_DETACH = 9
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_F_RDONLY = 1 << 3
+BATCH_ENTRIES = 4096  # entries per lookup-batch call when counting
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -63,6 +68,13 @@ class _InfoAttr(ctypes.Structure):
 class _ObjGetAttr(ctypes.Structure):
     _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
                 ("file_flags", ctypes.c_uint32)]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
 class _DetachAttr(ctypes.Structure):
@@ -130,16 +142,50 @@ def prog_info(prog_id: int) -> AttachedProg:
         os.close(fd)
 
 
+def _open_pinned(path: str, flags: int = 0) -> int:
+    buf = ctypes.create_string_buffer(path.encode() + b"\0")
+    return _bpf(BPF_OBJ_GET, _ObjGetAttr(pathname=ctypes.addressof(buf), file_flags=flags))
+
+
+def _map_info(fd: int) -> MapInfo:
+    info = _MapInfo()
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info),
+                                           info=ctypes.addressof(info)))
+    return MapInfo(info.type, info.key_size, info.value_size, info.max_entries,
+                   info.map_flags, info.name.decode(errors="replace"))
+
+
 def pinned_map_info(path: str) -> MapInfo:
-    raw = path.encode() + b"\0"
-    buf = ctypes.create_string_buffer(raw)
-    fd = _bpf(BPF_OBJ_GET, _ObjGetAttr(pathname=ctypes.addressof(buf)))
+    fd = _open_pinned(path)
     try:
-        info = _MapInfo()
-        _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info),
-                                               info=ctypes.addressof(info)))
-        return MapInfo(info.type, info.key_size, info.value_size, info.max_entries,
-                       info.map_flags, info.name.decode(errors="replace"))
+        return _map_info(fd)
+    finally:
+        os.close(fd)
+
+
+def pinned_map_usage(path: str) -> tuple[int, int]:
+    """(entries in the map now, max entries) of the hash map pinned at ``path``,
+    counted by the kernel in batches (read-only: never changes the map)."""
+    fd = _open_pinned(path, BPF_F_RDONLY)
+    try:
+        info = _map_info(fd)
+        keys = ctypes.create_string_buffer(info.key_size * BATCH_ENTRIES)
+        values = ctypes.create_string_buffer(max(info.value_size, 1) * BATCH_ENTRIES)
+        token_in, token_out = ctypes.c_uint64(), ctypes.c_uint64()  # htab: bucket index
+        used, first = 0, True
+        while True:
+            attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token_in),
+                              out_batch=ctypes.addressof(token_out),
+                              keys=ctypes.addressof(keys), values=ctypes.addressof(values),
+                              count=BATCH_ENTRIES, map_fd=fd)
+            try:
+                _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+            except BPFSysError as exc:
+                if exc.errno == errno.ENOENT:  # the end: this last batch counts too
+                    return used + attr.count, info.max_entries
+                raise
+            used += attr.count
+            token_in.value, first = token_out.value, False
     finally:
         os.close(fd)
 

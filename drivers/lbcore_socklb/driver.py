@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -336,6 +337,20 @@ class SockLBDriver(Driver):
         assert self._maps is not None
         image, _ = self._maps.read_image()
         return frontend_states(image)
+
+    def map_pressure(self) -> dict[str, tuple[int, int]]:
+        """Entries in use and capacity of each pinned map, counted by the kernel
+        (opened by pin: safe from the metrics thread while a sync runs)."""
+        pressure = {}
+        for name in loader.MAP_NAMES:
+            path = os.path.join(self.opts.bpffs_path, name)
+            try:
+                pressure[name] = bpfsys.pinned_map_usage(path)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    continue  # not created yet, or removed by cleanup
+                raise DriverError(NAME, f"counting the entries of {path}: {exc}") from None
+        return pressure
 
     def attachments(self) -> dict[str, list[str]]:
         return {label: [p.name for p in progs]

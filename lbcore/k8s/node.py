@@ -14,6 +14,7 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 DEPRECATED_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"
 ADDRESS_TYPES = ("ExternalDNS", "ExternalIP", "Hostname", "InternalDNS", "InternalIP")
 IP_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"  # the cluster autoscaler's
 
 
 def node_from_object(obj: Mapping[str, Any]) -> tuple[Node | None, list[FieldError]]:
@@ -42,4 +43,15 @@ def node_from_object(obj: Mapping[str, Any]) -> tuple[Node | None, list[FieldErr
     zone = meta.labels.get(ZONE_LABEL) or meta.labels.get(DEPRECATED_ZONE_LABEL)
     if errs:
         return None, list(errs)
-    return Node(meta.name, tuple(dict.fromkeys(addresses)), zone or None), []
+    return Node(meta.name, tuple(dict.fromkeys(addresses)), zone or None,
+                _deleting(obj)), []
+
+
+def _deleting(obj: Mapping[str, Any]) -> bool:
+    """kube-proxy's node eligibility, inverted: deleted, or about to be."""
+    meta, spec = obj.get("metadata"), obj.get("spec")
+    if isinstance(meta, Mapping) and meta.get("deletionTimestamp"):
+        return True
+    taints = spec.get("taints") if isinstance(spec, Mapping) else None
+    return isinstance(taints, list) and any(
+        isinstance(t, Mapping) and t.get("key") == TO_BE_DELETED_TAINT for t in taints)

@@ -40,6 +40,7 @@ class Source(abc.ABC):
                 f"{self.kind} (valid: {valid})"
             )
         self._triggered = threading.Event()
+        self._full_sync_requested = threading.Event()
 
     @abc.abstractmethod
     def read(self) -> ClusterObjects:
@@ -64,6 +65,24 @@ class Source(abc.ABC):
             self._triggered.clear()
             return True
         return False
+
+    def request_full_sync(self) -> None:
+        """For implementations: the source recovered from a failure (a watch that
+        dropped and was re-established, a relist); the agent's next sync is full.
+        Call back (``watch``'s callback) afterwards so the agent notices soon."""
+        self._full_sync_requested.set()
+
+    def take_full_sync_request(self) -> bool:
+        """For the agent: True once per ``request_full_sync()``."""
+        if self._full_sync_requested.is_set():
+            self._full_sync_requested.clear()
+            return True
+        return False
+
+    def error_counts(self) -> Mapping[str, int]:
+        """Failures of the watch so far, per resource (``lbcore_source_watch_errors_total``).
+        Sources without a long-lived watch return {}."""
+        return {}
 
     def describe(self) -> str:
         """One line for logs and ``doctor``: what this source reads."""

@@ -13,6 +13,8 @@
   is older than the server's history; relist at once.
 * **Errors** (connection refused, 5xx, a broken stream, ...): retry after a capped
   exponential backoff with jitter; the backoff resets once a list or a watch works.
+  Each failure counts in ``errors``; the first list or watch that works after one
+  calls ``on_recovered`` (the source then asks the agent for a full sync).
 * **Periodic relist** every ``resync_period`` (jittered), a safety net against any
   event lost by a bug anywhere; unchanged objects keep their identity (``ObjectStore``).
 """
@@ -44,6 +46,7 @@ class Reflector:
         store: ObjectStore,
         on_change: Callable[[], None],
         *,
+        on_recovered: Callable[[], None] = lambda: None,
         label_selector: str | None = None,
         page_size: int = 500,
         watch_timeout: float = 300.0,
@@ -58,6 +61,7 @@ class Reflector:
         self.resource = resource
         self.store = store
         self.on_change = on_change
+        self.on_recovered = on_recovered
         self.label_selector = label_selector
         self.page_size = page_size
         self.watch_timeout = watch_timeout
@@ -73,6 +77,8 @@ class Reflector:
         self.synced = threading.Event()  # set after the first successful list
         self.lists = 0
         self.watches = 0
+        self.errors = 0  # failed lists and watches (each retried)
+        self._failing = False
 
     def describe(self) -> str:
         selector = f" ({self.label_selector})" if self.label_selector else ""
@@ -127,17 +133,18 @@ class Reflector:
             try:
                 if self.resource_version is None or self._clock() >= self._next_relist:
                     self.list()
-                    self._backoff.reset()
+                    self._worked()
                     if stop.is_set():
                         break
                 if self._watch_once(stop):
-                    self._backoff.reset()
+                    self._worked()
             except ApiError as exc:
                 if stop.is_set():
                     break
                 if exc.gone:
                     LOG.info("kubernetes: %s: %s; relisting", self.resource.plural, exc)
                     self.resource_version = None
+                    self._failed()
                     continue
                 self._retry_later(stop, str(exc))
             except Exception as exc:  # a bug must not end the watch for good
@@ -152,7 +159,24 @@ class Reflector:
         if stream is not None:
             stream.close()
 
+    def _failed(self) -> None:
+        self.errors += 1
+        self._failing = True
+
+    def _worked(self) -> None:
+        self._backoff.reset()
+        self._recovered()
+
+    def _recovered(self) -> None:
+        """Working again after a failure (the backoff resets only once a list or
+        watch has really worked, see ``_watch_once``)."""
+        if self._failing:
+            self._failing = False
+            LOG.info("kubernetes: %s: working again", self.describe())
+            self.on_recovered()
+
     def _retry_later(self, stop: threading.Event, why: str) -> None:
+        self._failed()
         delay = self._backoff.next() * (1 + self.jitter * self._rng.random())
         LOG.warning("kubernetes: %s: %s; retrying in %.1f s", self.describe(), why, delay)
         stop.wait(delay)
@@ -167,6 +191,7 @@ class Reflector:
                                 label_selector=self.label_selector, timeout_seconds=timeout)
         self._stream = stream
         self.watches += 1
+        self._recovered()  # the server answered: the watch is up again
         try:
             if stop.is_set():
                 return True

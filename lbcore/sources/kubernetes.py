@@ -112,7 +112,8 @@ class KubernetesSource(Source):
 
     def _reflector(self, resource: Any, selector: str | None) -> Reflector:
         return Reflector(self.api, resource, self.store, self._wake.set,
-                         label_selector=selector, page_size=self.page_size,
+                         on_recovered=self._recovered, label_selector=selector,
+                         page_size=self.page_size,
                          watch_timeout=self.watch_timeout, resync_period=self.resync_period,
                          backoff_initial=self.backoff[0], backoff_max=self.backoff[1])
 
@@ -156,6 +157,15 @@ class KubernetesSource(Source):
     def trigger(self) -> None:
         super().trigger()
         self._wake.set()
+
+    def _recovered(self) -> None:
+        # Events may have been lost while the watch was down (a relist repairs the
+        # objects); a full sync repairs anything the datapath made of them.
+        self.request_full_sync()
+        self._wake.set()
+
+    def error_counts(self) -> dict[str, int]:
+        return {r.resource.plural: r.errors for r in self.reflectors}
 
     def watch(self, callback: Callable[[], None], stop: threading.Event) -> None:
         halt = threading.Event()  # ends the reflectors when this call returns

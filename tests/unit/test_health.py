@@ -1,4 +1,5 @@
-"""``/healthz``, ``/livez`` and ``/metrics`` of ``lbcore run --healthz-bind-address``."""
+"""``/healthz``, ``/livez`` and ``/metrics`` of ``lbcore run --healthz-bind-address``,
+with kube-proxy's rule (pkg/proxy/healthcheck: Updated / QueuedUpdate / healthTimeout)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from lbcore.cli import cli
+from lbcore.clock import FakeClock
 from lbcore.errors import ConfigError
-from lbcore.health import HealthServer, parse_bind_address, rfc3339
-from lbcore.metrics import Metrics
+from lbcore.health import HealthServer, ProxyHealth, health_reply, parse_bind_address, rfc3339
+from lbcore.metrics import Metrics, render_prometheus
+
+START = 1000.0  # FakeClock: monotonic 1000 is Unix 1_700_001_000 (2023-11-14T22:30:00Z)
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -25,46 +29,92 @@ def get(port: int, path: str) -> tuple[int, bytes]:
 
 @pytest.fixture
 def served():
-    state = {"healthy": True}
+    clock = FakeClock(start=START)
+    health = ProxyHealth(clock, timeout=60.0)
     metrics = Metrics()
-    server = HealthServer(("127.0.0.1", 0), lambda: state["healthy"], metrics,
-                          lambda: 1_700_000_100.0).start()
-    yield server, state, metrics
+    server = HealthServer(("127.0.0.1", 0), health.status, metrics).start()
+    yield server, health, clock, metrics
     server.close()
 
 
-def test_healthz_and_livez_follow_agent_health(served):
-    server, state, metrics = served
-    metrics.sync_succeeded(duration=0.1, wall=1_700_000_000.0, full=True, frontends=3,
-                           skipped=0)
+def test_healthy_while_starting_up_as_kube_proxy():
+    clock = FakeClock(start=START)
+    health = ProxyHealth(clock, timeout=60.0)
+    health.updated()  # the agent's loop starts
+    clock.advance(3600)  # nothing queued: healthy however long it takes
+    assert health.status().healthy
+
+
+def test_unhealthy_once_the_oldest_queued_update_is_timeout_old():
+    clock = FakeClock(start=START)
+    health = ProxyHealth(clock, timeout=60.0)
+    health.updated()
+    health.queued_update()  # at 1000
+    clock.advance(30)
+    health.queued_update()  # a later change does not move the clock forward
+    clock.advance(29.9)
+    assert health.status().healthy
+    clock.advance(0.1)  # 60 s after the first: kube-proxy compares with "<"
+    assert not health.status().healthy
+    health.updated()
+    assert health.status().healthy
+
+
+def test_changes_that_arrive_during_a_sync_keep_waiting():
+    clock = FakeClock(start=START)
+    health = ProxyHealth(clock, timeout=60.0)
+    health.queued_update()
+    clock.advance(10)
+    health.updated(still_pending_since=START + 5)  # one change came in mid-sync
+    clock.advance(54.9)
+    assert health.status().healthy
+    clock.advance(0.2)
+    assert not health.status().healthy
+
+
+def test_bodies_and_codes_follow_kube_proxy(served):
+    server, health, clock, metrics = served
+    health.updated()  # 22:30:00
+    clock.advance(5)
+    status, body = get(server.port, "/healthz")
+    assert status == 200
+    # healthy: lastUpdated is the current time, as kube-proxy reports it
+    assert json.loads(body) == {"lastUpdated": "2023-11-14T22:30:05.000000Z",
+                                "currentTime": "2023-11-14T22:30:05.000000Z",
+                                "nodeEligible": True}
+    status, body = get(server.port, "/livez")
+    assert status == 200 and "nodeEligible" not in json.loads(body)
+
+    health.queued_update()
+    clock.advance(61)
     for path in ("/healthz", "/livez"):
         status, body = get(server.port, path)
-        assert status == 200
-        assert json.loads(body) == {"lastUpdated": "2023-11-14T22:13:20.000000Z",
-                                    "currentTime": "2023-11-14T22:15:00.000000Z"}
-    state["healthy"] = False
-    status, body = get(server.port, "/healthz")
-    assert status == 503
-    assert json.loads(body)["lastUpdated"] == "2023-11-14T22:13:20.000000Z"
+        assert status == 503
+        assert json.loads(body)["lastUpdated"] == "2023-11-14T22:30:00.000000Z"
+        assert json.loads(body)["currentTime"] == "2023-11-14T22:31:06.000000Z"
+    text = render_prometheus(metrics)
+    assert 'kubeproxy_proxy_healthz_total{code="200"} 1' in text
+    assert 'kubeproxy_proxy_healthz_total{code="503"} 1' in text
+    assert 'kubeproxy_proxy_livez_total{code="503"} 1' in text
+
+
+def test_a_node_being_deleted_fails_healthz_but_not_livez():
+    clock = FakeClock(start=START)
+    health = ProxyHealth(clock, timeout=60.0)
+    health.updated()
+    health.set_node_eligible(False)
+    code, body = health_reply("/healthz", health.status())
+    assert code == 503 and body["nodeEligible"] is False
+    assert health_reply("/livez", health.status())[0] == 200
 
 
 def test_metrics_and_unknown_paths(served):
-    server, _, metrics = served
+    server, _, _, metrics = served
     metrics.sync_succeeded(duration=0.1, wall=1.0, full=True, frontends=7, skipped=0)
     status, body = get(server.port, "/metrics")
     assert status == 200
     assert b"lbcore_frontends 7" in body
     assert get(server.port, "/nope")[0] == 404
-
-
-def test_real_agent_health_rule():
-    """kube-proxy's rule through Metrics.healthy: a queued update older than the timeout."""
-    metrics = Metrics()
-    metrics.changes_queued(1, 1, wall=100.0)
-    assert metrics.healthy(150.0, 60.0)
-    assert not metrics.healthy(161.0, 60.0)
-    metrics.sync_succeeded(duration=0.1, wall=162.0, full=False, frontends=1, skipped=0)
-    assert metrics.healthy(500.0, 60.0)
 
 
 def test_bind_address_parsing():

@@ -515,3 +515,44 @@ def test_stop_while_the_api_server_is_unreachable(tmp_path):
     thread.join(5)
     assert not thread.is_alive()
     source.close()
+
+
+def test_dropped_watches_are_counted_and_their_recovery_forces_a_full_sync(api, make_source):
+    svc, eps = web("10.0.1.1")
+    api.apply(svc)
+    api.apply(eps)
+    api.apply(node_object("node-a", "172.18.0.2"))
+    source = make_source()
+    driver = FakeDriver({}, NodeInfo("node-a"))
+    config = Config(Path("lbcore.yaml"), "fake", {}, NodeInfo("node-a"), "kubernetes", {},
+                    RunnerConfig(min_sync_period=0, sync_period=0))
+    agent = Agent(config, GuardedDriver(driver), source)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), kwargs={"handle_signals": False})
+    thread.start()
+    try:
+        wait_until(lambda: driver.syncs, what="the first sync")
+        api.wait_for(lambda: api.open_watches() == 3)
+        api.apply(web("10.0.1.2")[1])
+        wait_until(lambda: driver.last_changed == frozenset({WEB}), what="a partial sync")
+        syncs = len(driver.syncs)
+        api.fail_next(503, 503)  # the reconnects fail too: backoff, then recovery
+        api.drop_watches()
+        with api._cond:  # a change while nobody watches
+            api.apply(web("10.0.1.3")[1])
+        wait_until(lambda: [b.ip for fe in driver.held.values() for b in fe.backends]
+                   == ["10.0.1.3"], timeout=30, what="the change made during the drop")
+        wait_until(lambda: any(changed is None for _, changed in driver.syncs[syncs:]),
+                   what="a full sync after the watches came back")
+        assert driver.held, "the datapath was never emptied"
+        assert all(s[0].frontends for s in driver.syncs)  # no sync ever had zero services
+        counts = source.error_counts()
+        assert set(counts) == {"services", "endpointslices", "nodes"}
+        assert all(n >= 1 for n in counts.values()) and sum(counts.values()) >= 4, counts
+        from lbcore.metrics import render_prometheus
+
+        text = render_prometheus(agent.metrics)
+        assert 'lbcore_source_watch_errors_total{resource="endpointslices"}' in text
+    finally:
+        stop.set()
+        thread.join(10)

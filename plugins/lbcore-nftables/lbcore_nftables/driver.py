@@ -101,6 +101,7 @@ class NftablesDriver(Driver):
             algorithms=frozenset({"random"}),
             node_ports="local",  # per packet: this node answers for its own addresses
             clients=frozenset({"pod", "host", "external"}),
+            conntrack_nat=True,  # DNAT/masquerade by conntrack (lbcore.ctkeep)
             description="kube-proxy's nftables mode: table ip lbcore, verdict map dispatch, "
                         "numgen random, one libnftables JSON transaction per sync",
         )
