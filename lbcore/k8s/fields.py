@@ -174,16 +174,17 @@ def read_meta(obj: Mapping[str, Any], errs: Errors, *, name_rule: rules.Rule,
         errs.forbidden("metadata.namespace", "not allowed on this type", "no namespace")
         namespace = ""
 
-    labels = _string_map(meta, "labels", errs, rules.LABEL_VALUE)
-    annotations = _string_map(meta, "annotations", errs, None)
+    labels = read_string_map(meta, "labels", "metadata.labels", errs, rules.LABEL_VALUE)
+    annotations = read_string_map(meta, "annotations", "metadata.annotations", errs, None)
     return Meta(namespace, name, labels, annotations)
 
 
-def _string_map(meta: Mapping[str, Any], key: str, errs: Errors,
-                value_rule: rules.Rule | None) -> Mapping[str, str]:
-    path = f"metadata.{key}"
+def read_string_map(obj: Mapping[str, Any], key: str, path: str, errs: Errors,
+                    value_rule: rules.Rule | None) -> Mapping[str, str]:
+    """A map of qualified-name keys to strings (labels, annotations, a selector);
+    ``value_rule`` checks each value (None: any string)."""
     out: dict[str, str] = {}
-    for k, v in errs.mapping(meta, key, path).items():
+    for k, v in errs.mapping(obj, key, path).items():
         entry = f"{path}[{k}]"
         if not isinstance(k, str):
             errs.invalid(path, k, "keys must be strings", rules.QUALIFIED_NAME.valid)

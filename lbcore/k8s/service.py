@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FieldError
-from ..model import PROTOCOLS, Service, ServiceKey, ServicePort, ServiceType, normalise_ip
+from ..model import PROTOCOLS, Service, ServiceKey, ServicePort, ServiceType
 from . import rules
-from .fields import Errors, read_meta
+from .fields import Errors, read_meta, read_string_map
 
 SERVICE_TYPES = tuple(t.value for t in ServiceType)
 SESSION_AFFINITIES = ("ClientIP", "None")
@@ -26,6 +26,10 @@ TRAFFIC_POLICIES = ("Cluster", "Local")
 IP_FAMILIES = {"IPv4": 4, "IPv6": 6}
 IP_FAMILY_POLICIES = ("PreferDualStack", "RequireDualStack", "SingleStack")
 INGRESS_IP_MODES = ("Proxy", "VIP")
+# PreferSameZone and PreferSameNode: Kubernetes 1.33+ (PreferSameTrafficDistribution).
+TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameNode", "PreferSameZone")
+TOPOLOGY_MODE_ANNOTATION = "service.kubernetes.io/topology-mode"
+TOPOLOGY_HINTS_ANNOTATION = "service.kubernetes.io/topology-aware-hints"  # deprecated
 CLUSTER_IP_NONE = "None"
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as the API server defaults it
 MAX_AFFINITY_TIMEOUT = 86400
@@ -69,7 +73,10 @@ def service_from_object(
     source_ranges = _source_ranges(spec, errs, stype)
     lb_ips = _load_balancer_ingress(status, errs)
     external_name = _external_name(spec, errs, stype)
-    distribution = errs.optional_string(spec, "trafficDistribution", "spec.trafficDistribution")
+    distribution = _traffic_distribution(spec, errs)
+    _load_balancer_fields(spec, errs, stype)
+    read_string_map(spec, "selector", "spec.selector", errs, rules.LABEL_VALUE)
+    _topology_annotations(meta.annotations, errs)
 
     if errs:
         return None, list(errs)
@@ -86,7 +93,7 @@ def service_from_object(
         external_traffic_local=external_local,
         internal_traffic_local=internal_local,
         external_name=external_name,
-        traffic_distribution=distribution or "",
+        traffic_distribution=distribution,
         labels=meta.labels,
         annotations=meta.annotations,
     )
@@ -243,12 +250,15 @@ def _cluster_ip_fields(spec: Mapping[str, Any], errs: Errors, stype: str) -> _Cl
 
     valid = True
     for i, ip in enumerate(ips):
-        valid &= errs.check(f"spec.clusterIPs[{i}]", ip, rules.IP)
+        # The API server allocates cluster IPs from the service CIDR, which holds no
+        # special address; a file has no allocator, so they are refused here.
+        valid &= errs.check(f"spec.clusterIPs[{i}]", ip, rules.IP) and errs.check(
+            f"spec.clusterIPs[{i}]", ip, rules.NON_SPECIAL_IP)
     if len(ips) > 2:
         errs.invalid("spec.clusterIPs", ips, "may only hold up to 2 values")
     if not valid or len(ips) > 2:
         return _ClusterIPs((), ())
-    normalised = tuple(normalise_ip(ip) for ip in ips)
+    normalised = tuple(rules.canonical_ip(ip) for ip in ips)
     ip_families = tuple(rules.parse_ip(ip).version for ip in normalised)  # type: ignore[union-attr]
     if len(ip_families) == 2 and ip_families[0] == ip_families[1]:
         errs.invalid("spec.clusterIPs", ips, "may specify no more than one IP for each IP family")
@@ -314,6 +324,8 @@ def _traffic_policies(spec: Mapping[str, Any], errs: Errors, facts: _Spec) -> tu
     if health and (facts.type != "LoadBalancer" or external != "Local"):
         errs.invalid("spec.healthCheckNodePort", health, "may only be set when `type` is "
                      "'LoadBalancer' and `externalTrafficPolicy` is 'Local'")
+    elif health:
+        errs.check_port("spec.healthCheckNodePort", health)
 
     internal = errs.string(spec, "internalTrafficPolicy", "spec.internalTrafficPolicy")
     if internal and internal not in TRAFFIC_POLICIES:
@@ -331,7 +343,7 @@ def _external_ips(spec: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
     out = []
     for path, ip in errs.strings(spec, "externalIPs", "spec.externalIPs"):
         if errs.check(path, ip, rules.IP) and errs.check(path, ip, rules.NON_SPECIAL_IP):
-            out.append(normalise_ip(ip))
+            out.append(rules.canonical_ip(ip))
     return tuple(dict.fromkeys(out))
 
 
@@ -376,8 +388,38 @@ def _load_balancer_ingress(status: Mapping[str, Any], errs: Errors) -> tuple[str
         if ip and errs.check(ip_path, ip, rules.IP) and errs.check(
             ip_path, ip, rules.NON_SPECIAL_IP
         ) and mode != "Proxy":
-            out.append(normalise_ip(ip))
+            out.append(rules.canonical_ip(ip))
     return tuple(dict.fromkeys(out))
+
+
+def _load_balancer_fields(spec: Mapping[str, Any], errs: Errors, stype: str) -> None:
+    """allocateLoadBalancerNodePorts and loadBalancerClass: LoadBalancer only."""
+    allocate = errs.boolean(spec, "allocateLoadBalancerNodePorts",
+                            "spec.allocateLoadBalancerNodePorts")
+    lb_class = errs.optional_string(spec, "loadBalancerClass", "spec.loadBalancerClass")
+    for key, value in (("allocateLoadBalancerNodePorts", allocate),
+                       ("loadBalancerClass", lb_class)):
+        if value is not None and stype != "LoadBalancer":
+            errs.forbidden(f"spec.{key}", "may only be used when `type` is 'LoadBalancer'")
+    if lb_class is not None and stype == "LoadBalancer":
+        errs.check("spec.loadBalancerClass", lb_class, rules.QUALIFIED_NAME)
+
+
+def _traffic_distribution(spec: Mapping[str, Any], errs: Errors) -> str:
+    value = errs.optional_string(spec, "trafficDistribution", "spec.trafficDistribution")
+    if value is not None and value not in TRAFFIC_DISTRIBUTIONS:
+        errs.unsupported("spec.trafficDistribution", value, TRAFFIC_DISTRIBUTIONS)
+        return ""
+    return value or ""
+
+
+def _topology_annotations(annotations: Mapping[str, str], errs: Errors) -> None:
+    mode = annotations.get(TOPOLOGY_MODE_ANNOTATION)
+    hints = annotations.get(TOPOLOGY_HINTS_ANNOTATION)
+    if mode is not None and hints is not None and mode != hints:
+        errs.invalid(f"metadata.annotations[{TOPOLOGY_MODE_ANNOTATION}]", mode,
+                     f"must match annotations[{TOPOLOGY_HINTS_ANNOTATION}] when both are "
+                     "specified", f"{hints!r}, or only one of the two annotations")
 
 
 def _external_name(spec: Mapping[str, Any], errs: Errors, stype: str) -> str:
