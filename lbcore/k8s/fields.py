@@ -70,8 +70,10 @@ class Errors:
     def duplicate(self, path: str, value: Any, valid: str = "") -> None:
         self.add(path, f"duplicate value {show(value)}", valid)
 
-    def forbidden(self, path: str, reason: str, valid: str = "") -> None:
-        self.add(path, f"forbidden: {reason}", valid)
+    def forbidden(self, path: str, reason: str, valid: str = "", *, value: Any = None) -> None:
+        """A field that may not be set here; ``value`` (if given) is shown."""
+        shown = "" if value is None else f" value {show(value)}"
+        self.add(path, f"forbidden{shown}: {reason}", valid)
 
     def too_many(self, path: str, count: int, limit: int) -> None:
         self.add(path, f"too many: {count}", f"at most {limit} items")
@@ -171,7 +173,8 @@ def read_meta(obj: Mapping[str, Any], errs: Errors, *, name_rule: rules.Rule,
         namespace = namespace or DEFAULT_NAMESPACE
         errs.check("metadata.namespace", namespace, rules.DNS1123_LABEL)
     elif namespace:
-        errs.forbidden("metadata.namespace", "not allowed on this type", "no namespace")
+        errs.forbidden("metadata.namespace", "not allowed on this type", "no namespace",
+                       value=namespace)
         namespace = ""
 
     labels = read_string_map(meta, "labels", "metadata.labels", errs, rules.LABEL_VALUE)

@@ -170,7 +170,8 @@ def _port(path: str, entry: Mapping[str, Any], errs: Errors, name_required: bool
 
 def _target_port(path: str, value: Any, port: int | None, errs: Errors) -> int | str | None:
     """ValidatePortNumOrName; 0, "" and absent default to ``port``."""
-    if value is None or value in (0, ""):
+    # By type, not ``value in (0, "")``: 0.0 and false equal 0 in Python, not in JSON.
+    if value is None or value == "" or (type(value) is int and value == 0):
         return port
     if isinstance(value, bool) or not isinstance(value, int | str):
         errs.invalid(path, value, "must be a port number or a port name",
@@ -186,7 +187,7 @@ def _check_node_port(path: str, port: ServicePort, stype: str,
     assert port.node_port is not None
     if stype not in ("NodePort", "LoadBalancer"):
         errs.forbidden(path, f"may not be used when `type` is {stype!r}",
-                       "only for type NodePort or LoadBalancer")
+                       "only for type NodePort or LoadBalancer", value=port.node_port)
         return
     low, high = node_port_range
     if not low <= port.node_port <= high:
@@ -218,7 +219,8 @@ def _cluster_ip_fields(spec: Mapping[str, Any], errs: Errors, stype: str) -> _Cl
         for key, value in (("clusterIPs", ips), ("ipFamilies", family_names),
                            ("ipFamilyPolicy", policy)):
             if value:
-                errs.forbidden(f"spec.{key}", "may not be set for ExternalName services")
+                errs.forbidden(f"spec.{key}", "may not be set for ExternalName services",
+                               value=value)
         return _ClusterIPs((), ())
 
     if cluster_ip and ips[0] != cluster_ip:
@@ -297,7 +299,8 @@ def _session_affinity(spec: Mapping[str, Any], errs: Errors) -> int | None:
         if config:
             errs.forbidden("spec.sessionAffinityConfig",
                            "must not be set when session affinity is None",
-                           "sessionAffinity: ClientIP, or no sessionAffinityConfig")
+                           "sessionAffinity: ClientIP, or no sessionAffinityConfig",
+                           value=config)
         return None
     path = "spec.sessionAffinityConfig.clientIP"
     client_ip = errs.mapping(config, "clientIP", path)
@@ -351,7 +354,8 @@ def _source_ranges(spec: Mapping[str, Any], errs: Errors, stype: str) -> tuple[s
     path = "spec.loadBalancerSourceRanges"
     entries = errs.strings(spec, "loadBalancerSourceRanges", path)
     if entries and stype != "LoadBalancer":
-        errs.forbidden(path, "may only be used when `type` is 'LoadBalancer'")
+        errs.forbidden(path, "may only be used when `type` is 'LoadBalancer'",
+                       value=[v for _, v in entries])
     out = []
     for entry_path, value in entries:
         # Space padding is tolerated, a leftover of the annotation it replaced.
@@ -381,7 +385,8 @@ def _load_balancer_ingress(status: Mapping[str, Any], errs: Errors) -> tuple[str
                 errs.check(f"{entry_path}.hostname", hostname, rules.DNS1123_SUBDOMAIN)
         if mode is not None:
             if not ip:
-                errs.forbidden(f"{entry_path}.ipMode", "may only be set when `ip` is set")
+                errs.forbidden(f"{entry_path}.ipMode", "may only be set when `ip` is set",
+                               value=mode)
             elif mode not in INGRESS_IP_MODES:
                 errs.unsupported(f"{entry_path}.ipMode", mode, INGRESS_IP_MODES)
         ip_path = f"{entry_path}.ip"
@@ -400,7 +405,8 @@ def _load_balancer_fields(spec: Mapping[str, Any], errs: Errors, stype: str) -> 
     for key, value in (("allocateLoadBalancerNodePorts", allocate),
                        ("loadBalancerClass", lb_class)):
         if value is not None and stype != "LoadBalancer":
-            errs.forbidden(f"spec.{key}", "may only be used when `type` is 'LoadBalancer'")
+            errs.forbidden(f"spec.{key}", "may only be used when `type` is 'LoadBalancer'",
+                           value=value)
     if lb_class is not None and stype == "LoadBalancer":
         errs.check("spec.loadBalancerClass", lb_class, rules.QUALIFIED_NAME)
 

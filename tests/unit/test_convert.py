@@ -178,7 +178,7 @@ def test_unsupported_version_of_a_known_kind_is_an_error():
             "metadata: {name: s, namespace: ns}\n")
     assert _errors(text) == [
         "f.yaml:document 1 (EndpointSlice ns/s): apiVersion: unsupported version "
-        "'discovery.k8s.io/v1beta1' (valid: discovery.k8s.io/v1)"]
+        '"discovery.k8s.io/v1beta1" (valid: discovery.k8s.io/v1)']
 
 
 def test_same_kind_name_in_another_api_group_is_ignored():

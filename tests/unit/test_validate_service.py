@@ -62,6 +62,8 @@ def test_minimal_service_is_valid():
     ({"ports": [{"port": 80, "targetPort": "a-very-long-port-name"}]},
      "spec.ports[0].targetPort", "no more than 15"),
     ({"ports": [{"port": 80, "targetPort": 1.5}]}, "spec.ports[0].targetPort", "port number"),
+    ({"ports": [{"port": 80, "targetPort": 0.0}]}, "spec.ports[0].targetPort", "port number"),
+    ({"ports": [{"port": 80, "targetPort": False}]}, "spec.ports[0].targetPort", "port number"),
     ({"ports": [{"port": 80, "nodePort": 30080}]}, "spec.ports[0].nodePort", "forbidden"),
     ({"type": "NodePort", "ports": [{"port": 80, "nodePort": 8080}]},
      "spec.ports[0].nodePort", "not in the valid range"),
