@@ -78,6 +78,10 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["soak"]:  # lbcore/bench/soak.py
+        from .soak import main as soak_main
+
+        return soak_main((sys.argv[1:] if argv is None else argv)[1:])
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("lbcore bench: needs root (network namespaces, cgroups, eBPF)", file=sys.stderr)
