@@ -156,6 +156,7 @@ class Meta:
 
 
 DEFAULT_NAMESPACE = "default"
+ANNOTATIONS_MAX_BYTES = 256 * 1024  # ValidateAnnotations' TotalAnnotationSizeLimitB
 
 
 def read_meta(obj: Mapping[str, Any], errs: Errors, *, name_rule: rules.Rule,
@@ -179,6 +180,10 @@ def read_meta(obj: Mapping[str, Any], errs: Errors, *, name_rule: rules.Rule,
 
     labels = read_string_map(meta, "labels", "metadata.labels", errs, rules.LABEL_VALUE)
     annotations = read_string_map(meta, "annotations", "metadata.annotations", errs, None)
+    size = sum(len(k) + len(v) for k, v in annotations.items())
+    if size > ANNOTATIONS_MAX_BYTES:
+        errs.add("metadata.annotations", f"too long: {size} bytes",
+                 f"at most {ANNOTATIONS_MAX_BYTES} bytes of keys and values in all")
     return Meta(namespace, name, labels, annotations)
 
 

@@ -19,13 +19,18 @@ from ..errors import FieldError
 from ..model import PROTOCOLS, Service, ServiceKey, ServicePort, ServiceType
 from . import rules
 from .fields import Errors, read_meta, read_string_map
+from .service_access import (
+    external_ips,
+    load_balancer_fields,
+    load_balancer_ingress,
+    source_ranges,
+)
 
 SERVICE_TYPES = tuple(t.value for t in ServiceType)
 SESSION_AFFINITIES = ("ClientIP", "None")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 IP_FAMILIES = {"IPv4": 4, "IPv6": 6}
 IP_FAMILY_POLICIES = ("PreferDualStack", "RequireDualStack", "SingleStack")
-INGRESS_IP_MODES = ("Proxy", "VIP")
 # PreferSameZone and PreferSameNode: Kubernetes 1.33+ (PreferSameTrafficDistribution).
 TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameNode", "PreferSameZone")
 TOPOLOGY_MODE_ANNOTATION = "service.kubernetes.io/topology-mode"
@@ -58,23 +63,23 @@ def service_from_object(
     stype = errs.string(spec, "type", "spec.type", default=ServiceType.CLUSTER_IP.value)
     if stype not in SERVICE_TYPES:
         errs.unsupported("spec.type", stype, SERVICE_TYPES)
-    external_ips = _external_ips(spec, errs)
+    external = external_ips(spec, errs)
     cluster_ips = _cluster_ip_fields(spec, errs, stype)
     headless = cluster_ips.ips == (CLUSTER_IP_NONE,)
     facts = _Spec(
         type=stype,
         headless=headless,
-        externally_accessible=stype in ("NodePort", "LoadBalancer") or bool(external_ips),
+        externally_accessible=stype in ("NodePort", "LoadBalancer") or bool(external),
     )
 
     ports = _ports(spec, errs, facts, node_port_range)
     affinity_timeout = _session_affinity(spec, errs)
     external_local, internal_local = _traffic_policies(spec, errs, facts)
-    source_ranges = _source_ranges(spec, errs, stype)
-    lb_ips = _load_balancer_ingress(status, errs)
+    ranges = source_ranges(spec, errs, stype)
+    lb_ips = load_balancer_ingress(status, errs)
     external_name = _external_name(spec, errs, stype)
     distribution = _traffic_distribution(spec, errs)
-    _load_balancer_fields(spec, errs, stype)
+    load_balancer_fields(spec, errs, stype)
     read_string_map(spec, "selector", "spec.selector", errs, rules.LABEL_VALUE)
     _topology_annotations(meta.annotations, errs)
 
@@ -86,9 +91,9 @@ def service_from_object(
         cluster_ips=cluster_ips.ips,
         ip_families=cluster_ips.families,
         ports=ports,
-        external_ips=external_ips,
+        external_ips=external,
         load_balancer_ips=lb_ips,
-        load_balancer_source_ranges=source_ranges,
+        load_balancer_source_ranges=ranges,
         session_affinity_timeout=affinity_timeout,
         external_traffic_local=external_local,
         internal_traffic_local=internal_local,
@@ -337,78 +342,6 @@ def _traffic_policies(spec: Mapping[str, Any], errs: Errors, facts: _Spec) -> tu
         errs.invalid("spec.internalTrafficPolicy", internal,
                      "may not be set to 'Local' for headless services", "Cluster")
     return external == "Local" and facts.externally_accessible, internal == "Local"
-
-
-# --------------------------------------------------------------- external access
-
-
-def _external_ips(spec: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
-    out = []
-    for path, ip in errs.strings(spec, "externalIPs", "spec.externalIPs"):
-        if errs.check(path, ip, rules.IP) and errs.check(path, ip, rules.NON_SPECIAL_IP):
-            out.append(rules.canonical_ip(ip))
-    return tuple(dict.fromkeys(out))
-
-
-def _source_ranges(spec: Mapping[str, Any], errs: Errors, stype: str) -> tuple[str, ...]:
-    path = "spec.loadBalancerSourceRanges"
-    entries = errs.strings(spec, "loadBalancerSourceRanges", path)
-    if entries and stype != "LoadBalancer":
-        errs.forbidden(path, "may only be used when `type` is 'LoadBalancer'",
-                       value=[v for _, v in entries])
-    out = []
-    for entry_path, value in entries:
-        # Space padding is tolerated, a leftover of the annotation it replaced.
-        if errs.check(entry_path, value.strip(), rules.CIDR):
-            out.append(rules.normalise_cidr(value))
-    return tuple(dict.fromkeys(out))
-
-
-def _load_balancer_ingress(status: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
-    """status.loadBalancer.ingress[].ip, except ``ipMode: Proxy`` ones (KEP-1860).
-
-    An ingress IP in Proxy mode belongs to a load balancer that proxies to the
-    nodes; kube-proxy does not treat it as a local address, and neither do we.
-    """
-    path = "status.loadBalancer.ingress"
-    lb = errs.mapping(status, "loadBalancer", "status.loadBalancer")
-    out = []
-    for entry_path, entry in errs.mappings(lb, "ingress", path):
-        ip = errs.string(entry, "ip", f"{entry_path}.ip")
-        hostname = errs.string(entry, "hostname", f"{entry_path}.hostname")
-        mode = errs.optional_string(entry, "ipMode", f"{entry_path}.ipMode")
-        if hostname:
-            if rules.parse_ip(hostname) is not None:
-                errs.invalid(f"{entry_path}.hostname", hostname, "must be a DNS name, not an IP "
-                             "address", "a DNS-1123 subdomain; put IPs in `ip`")
-            else:
-                errs.check(f"{entry_path}.hostname", hostname, rules.DNS1123_SUBDOMAIN)
-        if mode is not None:
-            if not ip:
-                errs.forbidden(f"{entry_path}.ipMode", "may only be set when `ip` is set",
-                               value=mode)
-            elif mode not in INGRESS_IP_MODES:
-                errs.unsupported(f"{entry_path}.ipMode", mode, INGRESS_IP_MODES)
-        ip_path = f"{entry_path}.ip"
-        if ip and errs.check(ip_path, ip, rules.IP) and errs.check(
-            ip_path, ip, rules.NON_SPECIAL_IP
-        ) and mode != "Proxy":
-            out.append(rules.canonical_ip(ip))
-    return tuple(dict.fromkeys(out))
-
-
-def _load_balancer_fields(spec: Mapping[str, Any], errs: Errors, stype: str) -> None:
-    """allocateLoadBalancerNodePorts and loadBalancerClass: LoadBalancer only."""
-    allocate = errs.boolean(spec, "allocateLoadBalancerNodePorts",
-                            "spec.allocateLoadBalancerNodePorts")
-    lb_class = errs.optional_string(spec, "loadBalancerClass", "spec.loadBalancerClass")
-    for key, value in (("allocateLoadBalancerNodePorts", allocate),
-                       ("loadBalancerClass", lb_class)):
-        if value is not None and stype != "LoadBalancer":
-            errs.forbidden(f"spec.{key}", "may only be used when `type` is 'LoadBalancer'",
-                           value=value)
-    if lb_class is not None and stype == "LoadBalancer":
-        errs.check("spec.loadBalancerClass", lb_class, rules.QUALIFIED_NAME)
 
 
 def _traffic_distribution(spec: Mapping[str, Any], errs: Errors) -> str:
