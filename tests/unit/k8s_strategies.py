@@ -323,7 +323,7 @@ def port_name_duplicate(data, docs):
     _name_ports(svc)
     ports = svc["spec"]["ports"]
     ports.append({"name": port["name"], "port": 1 + port["port"] % 65535 or 1,
-                  "protocol": "UDP" if port["protocol"] != "UDP" else "TCP"})
+                  "protocol": "UDP" if port.get("protocol", "TCP") != "UDP" else "TCP"})
     return _expect(i, svc, f"spec.ports[{len(ports) - 1}].name", port["name"])
 
 
@@ -332,9 +332,10 @@ def port_duplicate(data, docs):
     i, svc, _, port = _port(data, docs)
     _name_ports(svc)
     ports = svc["spec"]["ports"]
-    ports.append({"name": "dup", "port": port["port"], "protocol": port["protocol"]})
+    protocol = port.get("protocol", "TCP")
+    ports.append({"name": "dup", "port": port["port"], "protocol": protocol})
     return _expect(i, svc, f"spec.ports[{len(ports) - 1}]",
-                   shown=show(f"{port['port']}/{port['protocol']}"))
+                   shown=show(f"{port['port']}/{protocol}"))
 
 
 @mutation
@@ -374,7 +375,7 @@ def node_port_duplicate_in_service(data, docs):
     ports = svc["spec"]["ports"]
     used = {p["port"] for p in ports}
     ports.append({"name": "dup", "port": next(n for n in range(1, 99) if n not in used),
-                  "protocol": port["protocol"], "nodePort": port["nodePort"]})
+                  "protocol": port.get("protocol", "TCP"), "nodePort": port["nodePort"]})
     return _expect(i, svc, f"spec.ports[{len(ports) - 1}].nodePort", port["nodePort"])
 
 

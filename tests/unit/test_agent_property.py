@@ -11,6 +11,7 @@ fixed the canary is programmed: the check can fail.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 import threading
 import time
@@ -35,7 +36,7 @@ CANARY_DOCS = [
     {"apiVersion": "v1", "kind": "Service",
      "metadata": {"name": "canary", "namespace": "canary"},
      "spec": {"type": "NodePort", "clusterIP": "10.96.250.1", "externalIPs": ["192.0.2.250"],
-              "ports": [{"port": 80, "nodePort": 32700}]}},
+              "ports": [{"port": 80, "nodePort": 32700}]}},  # protocol defaulted
     {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
      "metadata": {"name": "canary-x", "namespace": "canary",
                   "labels": {"kubernetes.io/service-name": "canary"}},
@@ -62,7 +63,8 @@ def programmed(driver: FakeDriver, since: int = 0) -> list:
     return [fe for state, _ in driver.syncs[since:] for fe in state.frontends]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("LBCORE_PROPERTY_EXAMPLES", "0")) or 30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(base=cluster_docs(max_services=2), name=st.sampled_from(sorted(MUTATIONS)),
        data=st.data())
 def test_an_invalid_object_never_reaches_the_driver_and_the_state_stays(base, name, data):
