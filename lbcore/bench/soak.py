@@ -143,12 +143,14 @@ def _slope(points: Sequence[tuple[float, float]]) -> float:
 @dataclass
 class DriverResult:
     driver: str
+    started_at: float = 0.0  # time.time(), to line failures up with agent logs
     seconds: float = 0.0
     targets: list[dict[str, Any]] = field(default_factory=list)
     churn: dict[str, int] = field(default_factory=dict)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
     rss_samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     syncs: dict[str, int] = field(default_factory=dict)
+    failed_syncs: dict[str, list[str]] = field(default_factory=dict)  # log times, per agent
     agent_errors: list[str] = field(default_factory=list)
     converged: bool = False
     problems: list[str] = field(default_factory=list)
@@ -176,7 +178,7 @@ def run_driver(soak: SoakCluster, driver: str, s: SoakSettings,
     churner = Churner(soak, s.churn_interval, s.idle_services)
     script = _wrk_script(soak.lab.run_dir, s.wrk_delay_ms)
     samples: dict[str, list[tuple[float, float]]] = {a.node.name: [] for a in agents}
-    start = time.monotonic()
+    start, result.started_at = time.monotonic(), round(time.time(), 3)
     try:
         for t in targets:
             url = f"http://{t.host}:{t.port}/"
@@ -222,9 +224,15 @@ def run_driver(soak: SoakCluster, driver: str, s: SoakSettings,
             result.problems.append(f"not converged after the churn: {str(exc)[:500]}")
         for a in agents:
             log = a.proc.output() if a.proc else ""
-            result.syncs[a.node.name] = sum(" sync: " in line for line in log.splitlines())
-            result.agent_errors += [f"{a.name}: {line[:200]}" for line in log.splitlines()
-                                    if " ERROR " in line or "Traceback" in line][:20]
+            lines = log.splitlines()
+            result.syncs[a.node.name] = sum(" sync: " in line for line in lines)
+            # A failed sync is retried (and the next one is full): reported, not a failure
+            # of the soak; any other error line is.
+            result.failed_syncs[a.node.name] = [" ".join(line.split()[:2]) for line in lines
+                                                if "sync failed:" in line]
+            result.agent_errors += [f"{a.name}: {line[:300]}" for line in lines
+                                    if (" ERROR " in line and "sync failed:" not in line)
+                                    or "Traceback" in line][:20]
         problems = stop_agents(soak.cluster, agents)
         result.problems += problems
     result.rss_samples = samples
@@ -298,16 +306,27 @@ def markdown(results: Sequence[DriverResult], s: SoakSettings, machine: dict[str
             lines.append(f"| {r.driver} | {node} | {m.get('first_mb')} → {m.get('last_mb')} "
                          f"({m.get('max_mb')}) | {m.get('growth_mb')} | "
                          f"{m.get('slope_mb_per_10min')} | {'yes' if m.get('flat') else 'NO'} |")
-    lines += ["", "| driver | changes | syncs per agent | converged | verdict |",
-              "|---|---:|---|---|---|"]
+    lines += ["", "| driver | changes | syncs per agent | failed syncs (retried) | converged "
+              "| verdict |", "|---|---:|---|---|---|---|"]
     for r in results:
         syncs = ", ".join(f"{k} {v}" for k, v in r.syncs.items())
-        lines.append(f"| {r.driver} | {sum(r.churn.values())} | {syncs} | "
+        failed = ", ".join(f"{k} {len(v)}" for k, v in r.failed_syncs.items())
+        lines.append(f"| {r.driver} | {sum(r.churn.values())} | {syncs} | {failed} | "
                      f"{'yes' if r.converged else 'NO'} | {'PASS' if r.ok else 'FAIL'} |")
     for r in results:
         for p in r.problems:
             lines.append(f"\n- {r.driver}: {p}")
+        for t in r.targets:
+            for f in t.get("first_failures", ()):
+                lines.append(f"\n- {r.driver} {t['target']} ({t['kind']}): at {f['t']} s "
+                             f"{f['error']} {f['detail']}; load average "
+                             f"{_load_at(r.loadavg, f['t']):.2f}")
     return "\n".join(lines) + "\n"
+
+
+def _load_at(samples: Sequence[tuple[float, list[float]]], t: float) -> float:
+    """The 1-minute load average sampled nearest to ``t`` seconds."""
+    return min(samples, key=lambda x: abs(x[0] - t))[1][0] if samples else float("nan")
 
 
 def write_results(results: Sequence[DriverResult], s: SoakSettings, machine: dict[str, Any],

@@ -71,7 +71,8 @@ LOAD_CLIENT = textwrap.dedent("""\
                     else type(e).__name__)
             errors[kind] = errors.get(kind, 0) + 1
             if len(first) < 20:
-                first.append({"t": round(t0 - start, 3), "error": kind, "detail": str(e)[:80]})
+                first.append({"t": round(t0 - start, 3), "wall": round(time.time(), 3),
+                              "error": kind, "detail": str(e)[:80]})
         if time.monotonic() >= report:
             report += 10
             print(json.dumps({"progress": round(time.monotonic() - start, 1), "ok": ok,
