@@ -12,10 +12,13 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .expand import ExternalIPPolicy
 from .model import NodeInfo, normalise_ip
 
-TOP_LEVEL_KEYS = {"driver", "driver_options", "node", "source", "runner", "service_proxy_name"}
+TOP_LEVEL_KEYS = {"driver", "driver_options", "node", "source", "runner", "service_proxy_name",
+                  "external_ips"}
 RUNNER_KEYS = {"min_sync_period", "sync_period", "health_timeout"}
+EXTERNAL_IPS_KEYS = {"allowed_cidrs"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Config:
     source_options: Mapping[str, Any]
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     service_proxy_name: str | None = None  # serve services labelled with this name only
+    external_ips: ExternalIPPolicy | None = None  # None: any externalIP is programmed
 
 
 def _fail(path: Path, key: str, problem: str, valid: str) -> ConfigError:
@@ -85,7 +89,8 @@ def parse_config(raw: Any, path: Path) -> Config:
     spn = raw.get("service_proxy_name")
     if spn is not None and not isinstance(spn, str):
         raise _fail(path, "service_proxy_name", f"{spn!r}", "a string")
-    return Config(path, driver, dict(options), node, kind, source, runner, spn)
+    external_ips = _parse_external_ips(raw.get("external_ips"), path)
+    return Config(path, driver, dict(options), node, kind, source, runner, spn, external_ips)
 
 
 def _parse_node(raw: Any, path: Path) -> NodeInfo:
@@ -105,8 +110,11 @@ def _parse_node(raw: Any, path: Path) -> NodeInfo:
             raise _fail(
                 path, f"node.addresses[{i}]", f"{addr!r}", "an IPv4 or IPv6 address"
             ) from None
-        if ipaddress.ip_address(normalised[-1]).is_unspecified:
-            raise _fail(path, f"node.addresses[{i}]", f"{addr!r}", "a unicast address")
+        ip = ipaddress.ip_address(normalised[-1])
+        if ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+            # NodePorts open on these; on 127.0.0.1 that is CVE-2020-8558's exposure.
+            raise _fail(path, f"node.addresses[{i}]", f"{addr!r}",
+                        "a unicast address of the node (not unspecified, loopback or multicast)")
     zone = raw.get("zone")
     return NodeInfo(name=name, addresses=tuple(normalised), zone=zone)
 
@@ -124,3 +132,43 @@ def _parse_runner(raw: Any, path: Path) -> RunnerConfig:
             raise _fail(path, f"runner.{key}", f"{value!r}", "a number of seconds >= 0")
         values[key] = float(value)
     return RunnerConfig(**values)
+
+
+def _parse_external_ips(raw: Any, path: Path) -> ExternalIPPolicy | None:
+    """``external_ips: {allowed_cidrs: [...]}``: the externalIPs Services may claim.
+
+    Absent: any (kube-proxy's behaviour). ``allowed_cidrs: []``: none, as Kubernetes'
+    DenyServiceExternalIPs admission plugin. CIDRs must not have host bits set, so that
+    what is allowed is exactly what is written.
+    """
+    if raw is None:
+        return None
+    valid = "a mapping with allowed_cidrs: a list of CIDRs, e.g. [192.0.2.0/24, 2001:db8::/64]"
+    if not isinstance(raw, dict):
+        raise _fail(path, "external_ips", f"{raw!r}", valid)
+    unknown = sorted(set(raw) - EXTERNAL_IPS_KEYS)
+    if unknown:
+        raise _fail(path, f"external_ips.{unknown[0]}", "unknown key",
+                    ", ".join(sorted(EXTERNAL_IPS_KEYS)))
+    cidrs = raw.get("allowed_cidrs")
+    if not isinstance(cidrs, list):
+        raise _fail(path, "external_ips.allowed_cidrs", f"{cidrs!r}",
+                    "a list of CIDRs ([] allows no externalIPs at all)")
+    allowed = []
+    for i, cidr in enumerate(cidrs):
+        key = f"external_ips.allowed_cidrs[{i}]"
+        if not isinstance(cidr, str) or "/" not in cidr:
+            raise _fail(path, key, f"{cidr!r}", "a CIDR, e.g. 192.0.2.0/24 or 192.0.2.7/32")
+        text = cidr.strip()
+        try:
+            network = ipaddress.ip_network(text)  # strict: host bits set are refused
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise _fail(path, key, f"{cidr!r}", "a CIDR, e.g. 192.0.2.0/24") from None
+            one = f"{text.split('/')[0]}/{loose.max_prefixlen}"
+            raise _fail(path, key, f"{cidr!r} has host bits set",
+                        f"{loose}, or {one} for that one address") from None
+        allowed.append(network)
+    return ExternalIPPolicy(tuple(dict.fromkeys(allowed)))

@@ -24,6 +24,12 @@ Follows kube-proxy (pkg/proxy: ServicePortInfo, EndpointSliceCache, CategorizeEn
   traffic). ``external_backends``: externalTrafficPolicy for NodePort, ExternalIP and
   LoadBalancer frontends; for ClusterIP frontends the same as ``backends``.
 
+* With an ``ExternalIPPolicy`` (``external_ips.allowed_cidrs`` in lbcore.yaml), a
+  Service that claims an externalIP outside the allowed CIDRs is not programmed at
+  all, as if the DenyServiceExternalIPs admission plugin or the externalip-webhook
+  had refused it (CVE-2020-8554: whoever may create a Service could otherwise take
+  over traffic to any address).
+
 Nothing is dropped silently: whatever is not programmed appears in ``skipped``.
 """
 
@@ -32,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import NamedTuple
 
@@ -63,19 +69,45 @@ _SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}  # FQDN slices carry no addresses to ba
 _TYPE_ORDER = {t: i for i, t in enumerate(FrontendType)}
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ExternalIPPolicy:
+    """Which externalIPs a Service may claim: those inside ``allowed`` (none if empty)."""
+
+    allowed: tuple[Network, ...]
+
+    def refusal(self, service: Service) -> str | None:
+        """Why ``service`` is refused (it claims an address outside ``allowed``), or None."""
+        outside = [ip for ip in service.external_ips
+                   if not any(ipaddress.ip_address(ip) in net for net in self.allowed)]
+        if not outside:
+            return None
+        what = f"externalIP{'s' if len(outside) > 1 else ''} {', '.join(outside)}"
+        if not self.allowed:
+            return (f"{what} refused: external_ips.allowed_cidrs is empty, no Service may "
+                    "claim externalIPs (CVE-2020-8554)")
+        allowed = ", ".join(map(str, self.allowed))
+        return f"{what} outside external_ips.allowed_cidrs ({allowed}) (CVE-2020-8554)"
+
+
 def expand(
-    objects: ClusterObjects, node: NodeInfo, *, service_proxy_name: str | None = None
+    objects: ClusterObjects, node: NodeInfo, *, service_proxy_name: str | None = None,
+    external_ips: ExternalIPPolicy | None = None,
 ) -> DesiredState:
     """The full desired state for ``node``, frontends in a deterministic order."""
-    return IncrementalExpander(node, service_proxy_name).expand(objects, None)
+    return IncrementalExpander(node, service_proxy_name,
+                               external_ips=external_ips).expand(objects, None)
 
 
 def expand_service(
     service: Service, slices: Sequence[EndpointSlice], node: NodeInfo,
     node_ips: Sequence[str], service_proxy_name: str | None = None,
+    external_ips: ExternalIPPolicy | None = None,
 ) -> tuple[tuple[Frontend, ...], tuple[SkippedService, ...]]:
     """One service's frontends (sorted) and what of it is not programmed."""
-    reason = skip_reason(service, service_proxy_name)
+    reason = skip_reason(service, service_proxy_name, external_ips)
     if reason is not None:
         return (), (SkippedService(service.key, reason),)
     expansion = _ServiceExpansion(service, slices, node, node_ips)
@@ -93,10 +125,12 @@ class IncrementalExpander:
 
     def __init__(self, node: NodeInfo, service_proxy_name: str | None = None,
                  admit: Callable[[Frontend], str | None] | None = None,
-                 *, local_node_ports: bool = False) -> None:
+                 *, local_node_ports: bool = False,
+                 external_ips: ExternalIPPolicy | None = None) -> None:
         self.node = node
         self.local_node_ports = local_node_ports
         self.service_proxy_name = service_proxy_name
+        self.external_ips = external_ips
         self.admit = admit
         self._node_ips: tuple[str, ...] | None = None
         self._zone: str | None = None
@@ -142,7 +176,7 @@ class IncrementalExpander:
                     ) -> tuple[tuple[Frontend, ...], tuple[SkippedService, ...]]:
         node = self.node if self.node.zone == self._zone else replace(self.node, zone=self._zone)
         frontends, skipped = expand_service(service, slices, node, self._node_ips or (),
-                                            self.service_proxy_name)
+                                            self.service_proxy_name, self.external_ips)
         if self.admit is None:
             return frontends, skipped
         kept, refused = [], list(skipped)
@@ -169,9 +203,11 @@ def node_addresses(objects: ClusterObjects, node: NodeInfo, *,
     return tuple(sorted(addresses, key=_ip_order))
 
 
-def skip_reason(service: Service, service_proxy_name: str | None = None) -> str | None:
+def skip_reason(service: Service, service_proxy_name: str | None = None,
+                external_ips: ExternalIPPolicy | None = None) -> str | None:
     """Why ``service`` gets no frontends at all, or None (kube-proxy's ShouldSkipService
-    plus the label selection it applies to its Service informer)."""
+    plus the label selection it applies to its Service informer, and the externalIP
+    policy)."""
     proxy_name = service.labels.get(SERVICE_PROXY_NAME_LABEL)
     if proxy_name is not None and proxy_name != service_proxy_name:
         return f"labelled {SERVICE_PROXY_NAME_LABEL}={proxy_name}: served by another proxy"
@@ -183,6 +219,9 @@ def skip_reason(service: Service, service_proxy_name: str | None = None) -> str 
         return f"ExternalName service (DNS CNAME to {service.external_name}): no load balancing"
     if service.headless:
         return "headless service (clusterIP None): no load balancing"
+    refused = external_ips.refusal(service) if external_ips is not None else None
+    if refused is not None:
+        return refused
     if not service.cluster_ips:
         return "no clusterIP allocated"
     return None

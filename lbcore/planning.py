@@ -28,7 +28,7 @@ def expander_for(config: Config, caps: Capabilities, driver: str) -> Incremental
     return IncrementalExpander(
         config.node, config.service_proxy_name,
         admit=lambda fe: _refusal(caps, driver, fe),
-        local_node_ports=caps.node_ports == "local")
+        local_node_ports=caps.node_ports == "local", external_ips=config.external_ips)
 
 
 def _refusal(caps: Capabilities, driver: str, fe: Frontend) -> str | None:

@@ -104,6 +104,11 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # its own arguments and module: lbcore/bench/soak.py
+        from .soak import main as soak_main
+
+        return soak_main(argv[1:])
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("lbcore bench: needs root (network namespaces, cgroups, eBPF)", file=sys.stderr)

@@ -4,6 +4,15 @@
 prints it (or hand-written multi-document YAML), validates every Service,
 EndpointSlice and Node with Kubernetes' own rules and converts them into the model.
 The whole file is rejected if any object is invalid.
+
+Where lbcore is stricter than the API server, on purpose (a file has no admission
+chain and no allocator in front of it): special addresses (unspecified, loopback,
+link-local, every multicast address, 255.255.255.255) are refused as cluster IPs,
+externalIPs, LoadBalancer ingress IPs and node IPs too, not only as endpoint
+addresses and externalIPs; endpoint ports must be 1-65535; IPv4 with leading zeros
+(``010.0.0.1``, which Go's ParseIPSloppy reads as decimal) is refused. An
+IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is read as its IPv4 address, as Go
+reads it.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from ..errors import FieldError, ValidationError
 from ..model import ClusterObjects, EndpointSlice, Node, Service, ServiceKey
 from .documents import Document
 from .endpointslice import slice_from_object
+from .fields import show
 from .node import node_from_object
 from .service import DEFAULT_NODE_PORT_RANGE, service_from_object
 
@@ -93,7 +94,7 @@ def _parse(doc: Document, node_port_range: tuple[int, int]) -> tuple[_Parsed | N
     name = _display_name(obj, namespaced)
     if version != expected_version:
         wanted = f"{expected_group}/{expected_version}".lstrip("/")
-        return None, [_locate(FieldError("apiVersion", f"unsupported version {api_version!r}",
+        return None, [_locate(FieldError("apiVersion", f"unsupported version {show(api_version)}",
                                          wanted), doc, kind, name)]
 
     converters: dict[str, Converter] = {
@@ -178,7 +179,7 @@ def _cluster_ip_conflicts(services: list[_Parsed]) -> list[FieldError]:
             if owner.name != p.name:
                 errors.append(_locate(FieldError(
                     f"spec.clusterIPs[{i}]",
-                    f"invalid value {ip!r}: provided IP is already allocated "
+                    f"invalid value {show(ip)}: provided IP is already allocated "
                     f"to Service {owner.name} ({owner.document.where})",
                     "a cluster IP no other service uses"), p.document, p.kind, p.name))
     return errors

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import FieldError
-from ..model import PROTOCOLS, Endpoint, EndpointSlice, ServiceKey, SlicePort, normalise_ip
+from ..model import PROTOCOLS, Endpoint, EndpointSlice, ServiceKey, SlicePort
 from . import rules
-from .fields import Errors, read_meta
+from .fields import Errors, read_meta, read_string_map
 
 LOG = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ ADDRESS_TYPES = ("FQDN", "IPv4", "IPv6")
 MAX_ENDPOINTS = 1000
 MAX_ADDRESSES = 100
 MAX_PORTS = 20000
+MAX_HINTS = 8  # forZones, forNodes
+MAX_TOPOLOGY_LABELS = 16
 _ADDRESS_RULES = {"IPv4": rules.IPV4, "IPv6": rules.IPV6, "FQDN": rules.FQDN}
 
 
@@ -92,7 +94,7 @@ def _endpoint(path: str, entry: Mapping[str, Any], errs: Errors,
         if address_type == "FQDN":
             normalised.append(address)
         elif errs.check(address_path, address, rules.NON_SPECIAL_IP):
-            normalised.append(normalise_ip(address))
+            normalised.append(rules.canonical_ip(address))
 
     conditions = errs.mapping(entry, "conditions", f"{path}.conditions")
     ready = errs.boolean(conditions, "ready", f"{path}.conditions.ready")
@@ -110,12 +112,15 @@ def _endpoint(path: str, entry: Mapping[str, Any], errs: Errors,
     if zone is not None:
         errs.check(f"{path}.zone", zone, rules.LABEL_VALUE)
 
+    topology_path = f"{path}.deprecatedTopology"
+    topology = read_string_map(entry, "deprecatedTopology", topology_path, errs,
+                               rules.LABEL_VALUE)
+    if len(topology) > MAX_TOPOLOGY_LABELS:
+        errs.too_many(topology_path, len(topology), MAX_TOPOLOGY_LABELS)
+
     hints = errs.mapping(entry, "hints", f"{path}.hints")
-    zone_hints = []
-    for hint_path, hint in errs.mappings(hints, "forZones", f"{path}.hints.forZones"):
-        name = errs.string(hint, "name", f"{hint_path}.name")
-        if errs.check(f"{hint_path}.name", name, rules.LABEL_VALUE) and name:
-            zone_hints.append(name)
+    zone_hints = _hints(hints, "forZones", f"{path}.hints.forZones", errs, rules.LABEL_VALUE)
+    _hints(hints, "forNodes", f"{path}.hints.forNodes", errs, rules.DNS1123_SUBDOMAIN)
 
     if not normalised:
         return None
@@ -127,8 +132,27 @@ def _endpoint(path: str, entry: Mapping[str, Any], errs: Errors,
         node_name=node_name or None,
         zone=zone or None,
         hostname=hostname or None,
-        zone_hints=tuple(dict.fromkeys(zone_hints)),
+        zone_hints=tuple(zone_hints),
     )
+
+
+def _hints(hints: Mapping[str, Any], key: str, path: str, errs: Errors,
+           rule: rules.Rule) -> list[str]:
+    """validateHints: at most MAX_HINTS names, each valid and given once."""
+    entries = errs.mappings(hints, key, path)
+    if len(entries) > MAX_HINTS:
+        errs.too_many(path, len(entries), MAX_HINTS)
+        return []
+    names: list[str] = []
+    for hint_path, hint in entries:
+        name = errs.string(hint, "name", f"{hint_path}.name")
+        if not name:
+            errs.required(f"{hint_path}.name", rule.valid)
+        elif name in names:
+            errs.duplicate(f"{hint_path}.name", name, "each name once")
+        elif errs.check(f"{hint_path}.name", name, rule):
+            names.append(name)
+    return names
 
 
 def _ports(obj: Mapping[str, Any], errs: Errors) -> tuple[SlicePort, ...]:

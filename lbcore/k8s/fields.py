@@ -70,8 +70,10 @@ class Errors:
     def duplicate(self, path: str, value: Any, valid: str = "") -> None:
         self.add(path, f"duplicate value {show(value)}", valid)
 
-    def forbidden(self, path: str, reason: str, valid: str = "") -> None:
-        self.add(path, f"forbidden: {reason}", valid)
+    def forbidden(self, path: str, reason: str, valid: str = "", *, value: Any = None) -> None:
+        """A field that may not be set here; ``value`` (if given) is shown."""
+        shown = "" if value is None else f" value {show(value)}"
+        self.add(path, f"forbidden{shown}: {reason}", valid)
 
     def too_many(self, path: str, count: int, limit: int) -> None:
         self.add(path, f"too many: {count}", f"at most {limit} items")
@@ -154,6 +156,7 @@ class Meta:
 
 
 DEFAULT_NAMESPACE = "default"
+ANNOTATIONS_MAX_BYTES = 256 * 1024  # ValidateAnnotations' TotalAnnotationSizeLimitB
 
 
 def read_meta(obj: Mapping[str, Any], errs: Errors, *, name_rule: rules.Rule,
@@ -171,19 +174,25 @@ def read_meta(obj: Mapping[str, Any], errs: Errors, *, name_rule: rules.Rule,
         namespace = namespace or DEFAULT_NAMESPACE
         errs.check("metadata.namespace", namespace, rules.DNS1123_LABEL)
     elif namespace:
-        errs.forbidden("metadata.namespace", "not allowed on this type", "no namespace")
+        errs.forbidden("metadata.namespace", "not allowed on this type", "no namespace",
+                       value=namespace)
         namespace = ""
 
-    labels = _string_map(meta, "labels", errs, rules.LABEL_VALUE)
-    annotations = _string_map(meta, "annotations", errs, None)
+    labels = read_string_map(meta, "labels", "metadata.labels", errs, rules.LABEL_VALUE)
+    annotations = read_string_map(meta, "annotations", "metadata.annotations", errs, None)
+    size = sum(len(k) + len(v) for k, v in annotations.items())
+    if size > ANNOTATIONS_MAX_BYTES:
+        errs.add("metadata.annotations", f"too long: {size} bytes",
+                 f"at most {ANNOTATIONS_MAX_BYTES} bytes of keys and values in all")
     return Meta(namespace, name, labels, annotations)
 
 
-def _string_map(meta: Mapping[str, Any], key: str, errs: Errors,
-                value_rule: rules.Rule | None) -> Mapping[str, str]:
-    path = f"metadata.{key}"
+def read_string_map(obj: Mapping[str, Any], key: str, path: str, errs: Errors,
+                    value_rule: rules.Rule | None) -> Mapping[str, str]:
+    """A map of qualified-name keys to strings (labels, annotations, a selector);
+    ``value_rule`` checks each value (None: any string)."""
     out: dict[str, str] = {}
-    for k, v in errs.mapping(meta, key, path).items():
+    for k, v in errs.mapping(obj, key, path).items():
         entry = f"{path}[{k}]"
         if not isinstance(k, str):
             errs.invalid(path, k, "keys must be strings", rules.QUALIFIED_NAME.valid)

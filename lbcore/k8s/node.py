@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import FieldError
-from ..model import Node, normalise_ip
+from ..model import Node
 from . import rules
 from .fields import Errors, read_meta
 
@@ -33,12 +33,8 @@ def node_from_object(obj: Mapping[str, Any]) -> tuple[Node | None, list[FieldErr
             errs.unsupported(f"{path}.type", kind, ADDRESS_TYPES)
         if not address:
             errs.required(f"{path}.address")
-        elif kind in IP_ADDRESS_TYPES and errs.check(f"{path}.address", address, rules.IP):
-            ip = normalise_ip(address)
-            if rules.parse_ip(ip).is_unspecified:  # type: ignore[union-attr]
-                errs.invalid(f"{path}.address", address, "may not be unspecified",
-                             "a unicast address of the node")
-            addresses.append(ip)
+        elif kind in IP_ADDRESS_TYPES and _node_ip(f"{path}.address", address, errs):
+            addresses.append(rules.canonical_ip(address))
 
     zone = meta.labels.get(ZONE_LABEL) or meta.labels.get(DEPRECATED_ZONE_LABEL)
     if errs:
@@ -55,3 +51,9 @@ def _deleting(obj: Mapping[str, Any]) -> bool:
     taints = spec.get("taints") if isinstance(spec, Mapping) else None
     return isinstance(taints, list) and any(
         isinstance(t, Mapping) and t.get("key") == TO_BE_DELETED_TAINT for t in taints)
+
+
+def _node_ip(path: str, address: str, errs: Errors) -> bool:
+    """A usable node IP. kubelet refuses the special ones too (validateNodeIP);
+    NodePorts open on these addresses, and one on 127.0.0.1 is CVE-2020-8558's."""
+    return errs.check(path, address, rules.IP) and errs.check(path, address, rules.NON_SPECIAL_IP)

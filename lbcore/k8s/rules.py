@@ -154,13 +154,31 @@ def port_number_problems(value: int) -> list[str]:
 
 
 def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address, or None. Stricter than ``ipaddress``: no IPv6 zone (``%eth0``)."""
+    """The address, or None. No IPv6 zone (``%eth0``).
+
+    An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is the IPv4 address, as Go's
+    ``net.ParseIP`` (and so Kubernetes) reads it: it is of family IPv4, and
+    ``::ffff:127.0.0.1`` is loopback. Read as IPv6 it would slip past every
+    special-address check and reach the kernel as a v4 address anyway.
+    """
     if "%" in value:
         return None
     try:
-        return ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def canonical_ip(value: str) -> str:
+    """The canonical text of a valid address (``FD00::01`` -> ``fd00::1``,
+    ``::ffff:10.0.0.1`` -> ``10.0.0.1``). Raises ValueError if it is none."""
+    address = parse_ip(value)
+    if address is None:
+        raise ValueError(f"{value!r} is not an IP address")
+    return str(address)
 
 
 def _ip(value: str, version: int | None = None) -> list[str]:
@@ -173,8 +191,14 @@ def _ip(value: str, version: int | None = None) -> list[str]:
     return []
 
 
+IPV4_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
 def special_ip_problems(value: str) -> list[str]:
-    """Kubernetes' ValidateNonSpecialIP, extended to every multicast address."""
+    """Kubernetes' ValidateNonSpecialIP (unspecified, loopback, link-local unicast,
+    link-local multicast), extended to every multicast address and to the IPv4
+    limited broadcast, as kubelet's node IP check refuses them: none of them is an
+    address a service or a pod can be reached at from the cluster."""
     address = parse_ip(value)
     if address is None:
         return []
@@ -187,15 +211,30 @@ def special_ip_problems(value: str) -> list[str]:
         problems.append("may not be in the link-local range (169.254.0.0/16, fe80::/10)")
     if address.is_multicast:
         problems.append("may not be a multicast address (224.0.0.0/4, ff00::/8)")
+    if address == IPV4_BROADCAST:
+        problems.append("may not be the broadcast address (255.255.255.255)")
     return problems
 
 
-def _cidr(value: str) -> list[str]:
+def parse_cidr(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network (host bits dropped, as Kubernetes' ParseCIDR does), or None.
+    ``::ffff:10.0.0.0/104`` is ``10.0.0.0/8``, as for addresses (``parse_ip``)."""
     if "%" in value or "/" not in value:
-        return ["must be a valid CIDR value, e.g. 192.168.0.0/16 or fd00::/8"]
+        return None
     try:
-        ipaddress.ip_network(value, strict=False)
+        network = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
+        return None
+    mapped = ipaddress.IPv6Network("::ffff:0:0/96")
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(mapped):
+        v4 = network.network_address.ipv4_mapped
+        assert v4 is not None
+        return ipaddress.IPv4Network((v4, network.prefixlen - 96), strict=False)
+    return network
+
+
+def _cidr(value: str) -> list[str]:
+    if parse_cidr(value) is None:
         return ["must be a valid CIDR value, e.g. 192.168.0.0/16 or fd00::/8"]
     return []
 
@@ -204,11 +243,15 @@ IP = Rule("an IPv4 or IPv6 address", _ip)
 IPV4 = Rule("an IPv4 address", lambda v: _ip(v, 4))
 IPV6 = Rule("an IPv6 address", lambda v: _ip(v, 6))
 NON_SPECIAL_IP = Rule(
-    "a unicast IP that is not unspecified, loopback or link-local", special_ip_problems
+    "a unicast address that is not unspecified, loopback, link-local or broadcast",
+    special_ip_problems,
 )
 CIDR = Rule("a CIDR, e.g. 192.168.0.0/16 or fd00::/8", _cidr)
 
 
 def normalise_cidr(value: str) -> str:
-    """Canonical network text; host bits are dropped as Kubernetes' ParseCIDR does."""
-    return str(ipaddress.ip_network(value.strip(), strict=False))
+    """Canonical network text of a valid CIDR (see ``parse_cidr``)."""
+    network = parse_cidr(value)
+    if network is None:
+        raise ValueError(f"{value!r} is not a CIDR")
+    return str(network)

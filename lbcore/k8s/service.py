@@ -16,16 +16,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FieldError
-from ..model import PROTOCOLS, Service, ServiceKey, ServicePort, ServiceType, normalise_ip
+from ..model import PROTOCOLS, Service, ServiceKey, ServicePort, ServiceType
 from . import rules
-from .fields import Errors, read_meta
+from .fields import Errors, read_meta, read_string_map
+from .service_access import (
+    external_ips,
+    load_balancer_fields,
+    load_balancer_ingress,
+    source_ranges,
+)
 
 SERVICE_TYPES = tuple(t.value for t in ServiceType)
 SESSION_AFFINITIES = ("ClientIP", "None")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 IP_FAMILIES = {"IPv4": 4, "IPv6": 6}
 IP_FAMILY_POLICIES = ("PreferDualStack", "RequireDualStack", "SingleStack")
-INGRESS_IP_MODES = ("Proxy", "VIP")
+# PreferSameZone and PreferSameNode: Kubernetes 1.33+ (PreferSameTrafficDistribution).
+TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameNode", "PreferSameZone")
+TOPOLOGY_MODE_ANNOTATION = "service.kubernetes.io/topology-mode"
+TOPOLOGY_HINTS_ANNOTATION = "service.kubernetes.io/topology-aware-hints"  # deprecated
 CLUSTER_IP_NONE = "None"
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as the API server defaults it
 MAX_AFFINITY_TIMEOUT = 86400
@@ -54,22 +63,25 @@ def service_from_object(
     stype = errs.string(spec, "type", "spec.type", default=ServiceType.CLUSTER_IP.value)
     if stype not in SERVICE_TYPES:
         errs.unsupported("spec.type", stype, SERVICE_TYPES)
-    external_ips = _external_ips(spec, errs)
+    external = external_ips(spec, errs)
     cluster_ips = _cluster_ip_fields(spec, errs, stype)
     headless = cluster_ips.ips == (CLUSTER_IP_NONE,)
     facts = _Spec(
         type=stype,
         headless=headless,
-        externally_accessible=stype in ("NodePort", "LoadBalancer") or bool(external_ips),
+        externally_accessible=stype in ("NodePort", "LoadBalancer") or bool(external),
     )
 
     ports = _ports(spec, errs, facts, node_port_range)
     affinity_timeout = _session_affinity(spec, errs)
     external_local, internal_local = _traffic_policies(spec, errs, facts)
-    source_ranges = _source_ranges(spec, errs, stype)
-    lb_ips = _load_balancer_ingress(status, errs)
+    ranges = source_ranges(spec, errs, stype)
+    lb_ips = load_balancer_ingress(status, errs)
     external_name = _external_name(spec, errs, stype)
-    distribution = errs.optional_string(spec, "trafficDistribution", "spec.trafficDistribution")
+    distribution = _traffic_distribution(spec, errs)
+    load_balancer_fields(spec, errs, stype)
+    read_string_map(spec, "selector", "spec.selector", errs, rules.LABEL_VALUE)
+    _topology_annotations(meta.annotations, errs)
 
     if errs:
         return None, list(errs)
@@ -79,14 +91,14 @@ def service_from_object(
         cluster_ips=cluster_ips.ips,
         ip_families=cluster_ips.families,
         ports=ports,
-        external_ips=external_ips,
+        external_ips=external,
         load_balancer_ips=lb_ips,
-        load_balancer_source_ranges=source_ranges,
+        load_balancer_source_ranges=ranges,
         session_affinity_timeout=affinity_timeout,
         external_traffic_local=external_local,
         internal_traffic_local=internal_local,
         external_name=external_name,
-        traffic_distribution=distribution or "",
+        traffic_distribution=distribution,
         labels=meta.labels,
         annotations=meta.annotations,
     )
@@ -163,7 +175,8 @@ def _port(path: str, entry: Mapping[str, Any], errs: Errors, name_required: bool
 
 def _target_port(path: str, value: Any, port: int | None, errs: Errors) -> int | str | None:
     """ValidatePortNumOrName; 0, "" and absent default to ``port``."""
-    if value is None or value in (0, ""):
+    # By type, not ``value in (0, "")``: 0.0 and false equal 0 in Python, not in JSON.
+    if value is None or value == "" or (type(value) is int and value == 0):
         return port
     if isinstance(value, bool) or not isinstance(value, int | str):
         errs.invalid(path, value, "must be a port number or a port name",
@@ -179,7 +192,7 @@ def _check_node_port(path: str, port: ServicePort, stype: str,
     assert port.node_port is not None
     if stype not in ("NodePort", "LoadBalancer"):
         errs.forbidden(path, f"may not be used when `type` is {stype!r}",
-                       "only for type NodePort or LoadBalancer")
+                       "only for type NodePort or LoadBalancer", value=port.node_port)
         return
     low, high = node_port_range
     if not low <= port.node_port <= high:
@@ -211,7 +224,8 @@ def _cluster_ip_fields(spec: Mapping[str, Any], errs: Errors, stype: str) -> _Cl
         for key, value in (("clusterIPs", ips), ("ipFamilies", family_names),
                            ("ipFamilyPolicy", policy)):
             if value:
-                errs.forbidden(f"spec.{key}", "may not be set for ExternalName services")
+                errs.forbidden(f"spec.{key}", "may not be set for ExternalName services",
+                               value=value)
         return _ClusterIPs((), ())
 
     if cluster_ip and ips[0] != cluster_ip:
@@ -243,12 +257,15 @@ def _cluster_ip_fields(spec: Mapping[str, Any], errs: Errors, stype: str) -> _Cl
 
     valid = True
     for i, ip in enumerate(ips):
-        valid &= errs.check(f"spec.clusterIPs[{i}]", ip, rules.IP)
+        # The API server allocates cluster IPs from the service CIDR, which holds no
+        # special address; a file has no allocator, so they are refused here.
+        valid &= errs.check(f"spec.clusterIPs[{i}]", ip, rules.IP) and errs.check(
+            f"spec.clusterIPs[{i}]", ip, rules.NON_SPECIAL_IP)
     if len(ips) > 2:
         errs.invalid("spec.clusterIPs", ips, "may only hold up to 2 values")
     if not valid or len(ips) > 2:
         return _ClusterIPs((), ())
-    normalised = tuple(normalise_ip(ip) for ip in ips)
+    normalised = tuple(rules.canonical_ip(ip) for ip in ips)
     ip_families = tuple(rules.parse_ip(ip).version for ip in normalised)  # type: ignore[union-attr]
     if len(ip_families) == 2 and ip_families[0] == ip_families[1]:
         errs.invalid("spec.clusterIPs", ips, "may specify no more than one IP for each IP family")
@@ -287,7 +304,8 @@ def _session_affinity(spec: Mapping[str, Any], errs: Errors) -> int | None:
         if config:
             errs.forbidden("spec.sessionAffinityConfig",
                            "must not be set when session affinity is None",
-                           "sessionAffinity: ClientIP, or no sessionAffinityConfig")
+                           "sessionAffinity: ClientIP, or no sessionAffinityConfig",
+                           value=config)
         return None
     path = "spec.sessionAffinityConfig.clientIP"
     client_ip = errs.mapping(config, "clientIP", path)
@@ -314,6 +332,8 @@ def _traffic_policies(spec: Mapping[str, Any], errs: Errors, facts: _Spec) -> tu
     if health and (facts.type != "LoadBalancer" or external != "Local"):
         errs.invalid("spec.healthCheckNodePort", health, "may only be set when `type` is "
                      "'LoadBalancer' and `externalTrafficPolicy` is 'Local'")
+    elif health:
+        errs.check_port("spec.healthCheckNodePort", health)
 
     internal = errs.string(spec, "internalTrafficPolicy", "spec.internalTrafficPolicy")
     if internal and internal not in TRAFFIC_POLICIES:
@@ -324,60 +344,21 @@ def _traffic_policies(spec: Mapping[str, Any], errs: Errors, facts: _Spec) -> tu
     return external == "Local" and facts.externally_accessible, internal == "Local"
 
 
-# --------------------------------------------------------------- external access
+def _traffic_distribution(spec: Mapping[str, Any], errs: Errors) -> str:
+    value = errs.optional_string(spec, "trafficDistribution", "spec.trafficDistribution")
+    if value is not None and value not in TRAFFIC_DISTRIBUTIONS:
+        errs.unsupported("spec.trafficDistribution", value, TRAFFIC_DISTRIBUTIONS)
+        return ""
+    return value or ""
 
 
-def _external_ips(spec: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
-    out = []
-    for path, ip in errs.strings(spec, "externalIPs", "spec.externalIPs"):
-        if errs.check(path, ip, rules.IP) and errs.check(path, ip, rules.NON_SPECIAL_IP):
-            out.append(normalise_ip(ip))
-    return tuple(dict.fromkeys(out))
-
-
-def _source_ranges(spec: Mapping[str, Any], errs: Errors, stype: str) -> tuple[str, ...]:
-    path = "spec.loadBalancerSourceRanges"
-    entries = errs.strings(spec, "loadBalancerSourceRanges", path)
-    if entries and stype != "LoadBalancer":
-        errs.forbidden(path, "may only be used when `type` is 'LoadBalancer'")
-    out = []
-    for entry_path, value in entries:
-        # Space padding is tolerated, a leftover of the annotation it replaced.
-        if errs.check(entry_path, value.strip(), rules.CIDR):
-            out.append(rules.normalise_cidr(value))
-    return tuple(dict.fromkeys(out))
-
-
-def _load_balancer_ingress(status: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
-    """status.loadBalancer.ingress[].ip, except ``ipMode: Proxy`` ones (KEP-1860).
-
-    An ingress IP in Proxy mode belongs to a load balancer that proxies to the
-    nodes; kube-proxy does not treat it as a local address, and neither do we.
-    """
-    path = "status.loadBalancer.ingress"
-    lb = errs.mapping(status, "loadBalancer", "status.loadBalancer")
-    out = []
-    for entry_path, entry in errs.mappings(lb, "ingress", path):
-        ip = errs.string(entry, "ip", f"{entry_path}.ip")
-        hostname = errs.string(entry, "hostname", f"{entry_path}.hostname")
-        mode = errs.optional_string(entry, "ipMode", f"{entry_path}.ipMode")
-        if hostname:
-            if rules.parse_ip(hostname) is not None:
-                errs.invalid(f"{entry_path}.hostname", hostname, "must be a DNS name, not an IP "
-                             "address", "a DNS-1123 subdomain; put IPs in `ip`")
-            else:
-                errs.check(f"{entry_path}.hostname", hostname, rules.DNS1123_SUBDOMAIN)
-        if mode is not None:
-            if not ip:
-                errs.forbidden(f"{entry_path}.ipMode", "may only be set when `ip` is set")
-            elif mode not in INGRESS_IP_MODES:
-                errs.unsupported(f"{entry_path}.ipMode", mode, INGRESS_IP_MODES)
-        ip_path = f"{entry_path}.ip"
-        if ip and errs.check(ip_path, ip, rules.IP) and errs.check(
-            ip_path, ip, rules.NON_SPECIAL_IP
-        ) and mode != "Proxy":
-            out.append(normalise_ip(ip))
-    return tuple(dict.fromkeys(out))
+def _topology_annotations(annotations: Mapping[str, str], errs: Errors) -> None:
+    mode = annotations.get(TOPOLOGY_MODE_ANNOTATION)
+    hints = annotations.get(TOPOLOGY_HINTS_ANNOTATION)
+    if mode is not None and hints is not None and mode != hints:
+        errs.invalid(f"metadata.annotations[{TOPOLOGY_MODE_ANNOTATION}]", mode,
+                     f"must match annotations[{TOPOLOGY_HINTS_ANNOTATION}] when both are "
+                     "specified", f"{hints!r}, or only one of the two annotations")
 
 
 def _external_name(spec: Mapping[str, Any], errs: Errors, stype: str) -> str:

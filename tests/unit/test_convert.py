@@ -178,7 +178,7 @@ def test_unsupported_version_of_a_known_kind_is_an_error():
             "metadata: {name: s, namespace: ns}\n")
     assert _errors(text) == [
         "f.yaml:document 1 (EndpointSlice ns/s): apiVersion: unsupported version "
-        "'discovery.k8s.io/v1beta1' (valid: discovery.k8s.io/v1)"]
+        '"discovery.k8s.io/v1beta1" (valid: discovery.k8s.io/v1)']
 
 
 def test_same_kind_name_in_another_api_group_is_ignored():
@@ -237,6 +237,14 @@ def test_deprecated_zone_label_is_a_fallback():
      "required"),
     ({"status": {"addresses": [{"type": "InternalIP", "address": "0.0.0.0"}]}},
      "status.addresses[0].address", "unspecified"),
+    ({"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}},
+     "status.addresses[0].address", "loopback"),
+    ({"status": {"addresses": [{"type": "ExternalIP", "address": "::ffff:127.0.0.1"}]}},
+     "status.addresses[0].address", "loopback"),
+    ({"status": {"addresses": [{"type": "InternalIP", "address": "fe80::1"}]}},
+     "status.addresses[0].address", "link-local"),
+    ({"status": {"addresses": [{"type": "InternalIP", "address": "224.0.0.1"}]}},
+     "status.addresses[0].address", "multicast"),
     ({"metadata": {"name": "n1", "namespace": "default"}}, "metadata.namespace", "forbidden"),
     ({"metadata": {"name": "-n1"}}, "metadata.name", "alphanumeric"),
 ])

@@ -62,6 +62,8 @@ def test_minimal_service_is_valid():
     ({"ports": [{"port": 80, "targetPort": "a-very-long-port-name"}]},
      "spec.ports[0].targetPort", "no more than 15"),
     ({"ports": [{"port": 80, "targetPort": 1.5}]}, "spec.ports[0].targetPort", "port number"),
+    ({"ports": [{"port": 80, "targetPort": 0.0}]}, "spec.ports[0].targetPort", "port number"),
+    ({"ports": [{"port": 80, "targetPort": False}]}, "spec.ports[0].targetPort", "port number"),
     ({"ports": [{"port": 80, "nodePort": 30080}]}, "spec.ports[0].nodePort", "forbidden"),
     ({"type": "NodePort", "ports": [{"port": 80, "nodePort": 8080}]},
      "spec.ports[0].nodePort", "not in the valid range"),
@@ -132,6 +134,31 @@ def test_minimal_service_is_valid():
      "spec.loadBalancerSourceRanges[0]", "CIDR"),
     ({"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/33"]},
      "spec.loadBalancerSourceRanges[0]", "CIDR"),
+    # special addresses: an IPv4-mapped address is its IPv4 address, as in Go
+    ({"externalIPs": ["::ffff:127.0.0.1"]}, "spec.externalIPs[0]", "loopback"),
+    ({"externalIPs": ["::ffff:169.254.169.254"]}, "spec.externalIPs[0]", "link-local"),
+    ({"externalIPs": ["255.255.255.255"]}, "spec.externalIPs[0]", "broadcast"),
+    ({"externalIPs": ["239.1.2.3"]}, "spec.externalIPs[0]", "multicast"),
+    ({"externalIPs": ["::"]}, "spec.externalIPs[0]", "unspecified"),
+    ({"clusterIP": "127.0.0.1"}, "spec.clusterIPs[0]", "loopback"),
+    ({"clusterIP": "::1", "clusterIPs": ["::1"]}, "spec.clusterIPs[0]", "loopback"),
+    ({"clusterIP": "::ffff:10.96.0.20", "ipFamilies": ["IPv6"]}, "spec.clusterIPs[0]",
+     "expected an IPv6 value"),
+    # fields ValidateService checks beyond the ports and IPs
+    ({"trafficDistribution": "Nearby"}, "spec.trafficDistribution", "unsupported"),
+    ({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 70000},
+     "spec.healthCheckNodePort", "between 1 and 65535"),
+    ({"selector": {"app": "-web"}}, "spec.selector[app]", "label"),
+    ({"selector": {"bad key!": "web"}}, "spec.selector", "name part"),
+    ({"selector": {"app": 1}}, "spec.selector[app]", "must be a string"),
+    ({"allocateLoadBalancerNodePorts": True}, "spec.allocateLoadBalancerNodePorts",
+     "forbidden"),
+    ({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": "yes"},
+     "spec.allocateLoadBalancerNodePorts", "boolean"),
+    ({"type": "NodePort", "loadBalancerClass": "example.com/lb"}, "spec.loadBalancerClass",
+     "forbidden"),
+    ({"type": "LoadBalancer", "loadBalancerClass": "a b"}, "spec.loadBalancerClass",
+     "name part"),
 ])
 def test_invalid_spec_is_reported_at_its_field(spec, field, problem):
     errors = errors_of(service(spec))
@@ -145,6 +172,21 @@ def test_invalid_spec_is_reported_at_its_field(spec, field, problem):
      "status.loadBalancer.ingress[0].ip", "loopback"),
     ({"loadBalancer": {"ingress": [{"ip": "not-an-ip"}]}},
      "status.loadBalancer.ingress[0].ip", "valid IP"),
+    ({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}, {"ip": "::ffff:127.0.0.1"}]}},
+     "status.loadBalancer.ingress[1].ip", "loopback"),
+    ({"loadBalancer": {"ingress": [{"ip": "fe80::1"}]}},
+     "status.loadBalancer.ingress[0].ip", "link-local"),
+    ({"loadBalancer": {"ingress": [{"ip": "224.0.0.251"}]}},
+     "status.loadBalancer.ingress[0].ip", "multicast"),
+    ({"loadBalancer": {"ingress": [{"ip": "0.0.0.0"}]}},
+     "status.loadBalancer.ingress[0].ip", "unspecified"),
+    ({"loadBalancer": {"ingress": [{"ip": "255.255.255.255"}]}},
+     "status.loadBalancer.ingress[0].ip", "broadcast"),
+    ({"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ports": [{"port": 0,
+                                                                  "protocol": "TCP"}]}]}},
+     "status.loadBalancer.ingress[0].ports[0].port", "between 1 and 65535"),
+    ({"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ports": [{"port": 80}]}]}},
+     "status.loadBalancer.ingress[0].ports[0].protocol", "unsupported"),
     ({"loadBalancer": {"ingress": [{"hostname": "192.0.2.1"}]}},
      "status.loadBalancer.ingress[0].hostname", "not an IP"),
     ({"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "Direct"}]}},
@@ -167,6 +209,10 @@ def test_invalid_load_balancer_status(status, field, problem):
     ({"labels": {"app": "-x"}}, "metadata.labels[app]", "label"),
     ({"labels": {"bad key!": "x"}}, "metadata.labels", "name part"),
     ({"annotations": {"a/b/c": "x"}}, "metadata.annotations", "prefix part"),
+    ({"annotations": {"big": "x" * (256 * 1024)}}, "metadata.annotations", "too long"),
+    ({"annotations": {"service.kubernetes.io/topology-mode": "Auto",
+                      "service.kubernetes.io/topology-aware-hints": "Disabled"}},
+     "metadata.annotations[service.kubernetes.io/topology-mode]", "must match"),
 ])
 def test_invalid_metadata(meta, field, problem):
     obj = service()
@@ -195,9 +241,24 @@ def test_invalid_metadata(meta, field, problem):
     {"type": "LoadBalancer", "loadBalancerSourceRanges": [" 10.0.0.1/8 "]},
     {"sessionAffinity": "ClientIP",
      "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86400}}},
+    {"trafficDistribution": "PreferSameZone", "selector": {"app": "web"}},
+    {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": False,
+     "loadBalancerClass": "example.com/internal"},
+    {"externalIPs": ["192.0.2.1", "2001:db8::1", "240.0.0.1"]},  # class E is unicast
 ])
 def test_valid_specs(spec):
     assert errors_of(service(spec)) == []
+
+
+def test_ipv4_mapped_addresses_are_read_as_ipv4():
+    svc, errors = service_from_object(service({
+        "clusterIP": "::ffff:10.96.0.20", "externalIPs": ["::ffff:192.0.2.7"],
+        "type": "LoadBalancer", "loadBalancerSourceRanges": ["::ffff:10.0.0.0/104"]}))
+    assert errors == []
+    assert svc is not None
+    assert (svc.cluster_ips, svc.ip_families) == (("10.96.0.20",), (4,))
+    assert svc.external_ips == ("192.0.2.7",)
+    assert svc.load_balancer_source_ranges == ("10.0.0.0/8",)
 
 
 def test_every_error_is_collected_not_just_the_first():

@@ -96,6 +96,29 @@ def test_slice_without_service_label_is_still_validated():
     ({"endpoints": [{"addresses": ["0.0.0.0"]}]}, "endpoints[0].addresses[0]", "unspecified"),
     ({"endpoints": [{"addresses": ["::1"]}], "address_type": "IPv6"},
      "endpoints[0].addresses[0]", "loopback"),
+    ({"endpoints": [{"addresses": ["255.255.255.255"]}]}, "endpoints[0].addresses[0]",
+     "broadcast"),
+    ({"endpoints": [{"addresses": ["::ffff:127.0.0.1"]}]}, "endpoints[0].addresses[0]",
+     "loopback"),
+    ({"endpoints": [{"addresses": ["::ffff:10.0.0.1"]}], "address_type": "IPv6"},
+     "endpoints[0].addresses[0]", "IPv6"),
+    ({"endpoints": [{"addresses": ["ff02::1"]}], "address_type": "IPv6"},
+     "endpoints[0].addresses[0]", "multicast"),
+    ({"endpoints": [{"addresses": ["10.0.0.1"],
+                     "hints": {"forZones": [{"name": f"z{i}"} for i in range(9)]}}]},
+     "endpoints[0].hints.forZones", "too many"),
+    ({"endpoints": [{"addresses": ["10.0.0.1"],
+                     "hints": {"forZones": [{"name": "z1"}, {"name": "z1"}]}}]},
+     "endpoints[0].hints.forZones[1].name", "duplicate"),
+    ({"endpoints": [{"addresses": ["10.0.0.1"], "hints": {"forZones": [{}]}}]},
+     "endpoints[0].hints.forZones[0].name", "required"),
+    ({"endpoints": [{"addresses": ["10.0.0.1"], "hints": {"forNodes": [{"name": "Node_A"}]}}]},
+     "endpoints[0].hints.forNodes[0].name", "lower case"),
+    ({"endpoints": [{"addresses": ["10.0.0.1"], "deprecatedTopology": {"rack": "-r1"}}]},
+     "endpoints[0].deprecatedTopology[rack]", "label"),
+    ({"endpoints": [{"addresses": ["10.0.0.1"],
+                     "deprecatedTopology": {f"k{i}": "v" for i in range(17)}}]},
+     "endpoints[0].deprecatedTopology", "too many"),
     ({"endpoints": [{"addresses": ["db"]}], "address_type": "FQDN"},
      "endpoints[0].addresses[0]", "two segments"),
     ({"endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}]},
@@ -131,6 +154,12 @@ def test_addresses_are_normalised_and_fqdn_kept():
     assert converted is not None and converted.endpoints[0].addresses == ("db.example.com",)
 
 
+def test_ipv4_mapped_endpoint_address_is_its_ipv4_address():
+    converted, errors = slice_from_object(eps(endpoints=[{"addresses": ["::ffff:10.0.0.9"]}]))
+    assert errors == []
+    assert converted is not None and converted.endpoints[0].addresses == ("10.0.0.9",)
+
+
 def test_port_without_number_restricts_nothing_and_is_dropped():
     converted, errors = slice_from_object(eps(ports=[{"name": "any"},
                                                      {"name": "dns", "port": 53,
@@ -146,7 +175,8 @@ def test_protocol_defaults_to_tcp_and_name_to_empty():
 
 @given(ip=st.ip_addresses(v=4))
 def test_an_ipv4_address_passes_exactly_when_not_special(ip):
-    special = ip.is_unspecified or ip.is_loopback or ip.is_link_local or ip.is_multicast
+    special = (ip.is_unspecified or ip.is_loopback or ip.is_link_local or ip.is_multicast
+               or str(ip) == "255.255.255.255")
     converted, errors = slice_from_object(eps(endpoints=[{"addresses": [str(ip)]}]))
     assert (converted is None) == special
     assert all(e.field == "endpoints[0].addresses[0]" for e in errors)
