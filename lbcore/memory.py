@@ -27,7 +27,13 @@ def gc_paused() -> Iterator[None]:
 
 
 def freeze_survivors() -> None:
-    """Move everything alive now out of the collector's generations (``gc.freeze``)."""
+    """Move everything alive now out of the collector's generations (``gc.freeze``).
+
+    Collect first: cyclic garbage frozen with the survivors would never be freed
+    (the soak saw about 3.6 KB leak per full sync that way). The collection only
+    walks objects not frozen before, so after the first full sync it is cheap.
+    """
+    gc.collect()
     gc.freeze()
 
 
