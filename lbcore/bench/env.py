@@ -216,6 +216,23 @@ class BenchCluster:
             time.sleep(2.0 * (attempt + 1))
         return f"cleanup {agent.name}: {r.stderr.strip()}"
 
+    def reset_transport_state(self) -> None:
+        """Forget the connections of the previous path before the next one is measured.
+
+        Paths reach the same backends by different destination addresses (pod IP,
+        ClusterIP, NodePort). Linux gives every (source, destination) pair its own TCP
+        timestamp offset, so a backend still holding TIME_WAITs from one path refuses by
+        PAWS a SYN of the next that reuses a 4-tuple (``TcpExtPAWSTimewait``), and the
+        client waits a 1 s SYN retransmission: the path measured second pays for the
+        first (the iptables driver's east-west connection rate fell to 0.02x direct
+        this way, docs/iptables.md). So: TIME_WAITs destroyed in the backends and the
+        client (``ss -K``), the conntrack tables of the lab's nodes flushed. Only lab
+        namespaces are touched."""
+        for pod in (*self.backends, self.client):
+            pod.ns.run(["ss", "-K", "state", "time-wait"], check=True)
+        for node in self.cluster.nodes.values():
+            node.ns.run(["conntrack", "-F"], check=False)  # exit 1 when already empty
+
     def rss_mb(self) -> dict[str, float]:
         out = {}
         for agent in self.agents:

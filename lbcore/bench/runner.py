@@ -159,6 +159,7 @@ class Runner:
 
     def one_path(self, count: int, rep: int, path: str) -> None:
         scenarios = [s for s in self.s.scenarios if self.supports(path, s) is None]
+        self.b.reset_transport_state()  # no path inherits the previous one's TIME_WAITs
         if path != "direct":
             self.control(count, rep, path)
         for direction in sorted({s.split("-")[0] for s in scenarios}):
