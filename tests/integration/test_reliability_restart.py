@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from lbcore.bench.env import BenchCluster, not_supported
+from lbcore.bench.drivers import capabilities, support
+from lbcore.bench.env import BenchCluster
 from lbcore.lab import NetLab
 from lbcore.lab.agents import services_json
 from lbcore_iptables.render import HOOKS
@@ -179,8 +180,9 @@ def test_kill_9_and_restart_under_load(bench, driver):
         services_before = {a.node.name: services_json(bench.cluster, a) for a in agents}
         kernel_before = kernel_state(bench, driver)
         ids_before = prog_ids(bench, driver)
-        load = start_load(bench, ew=not_supported(driver, "ew") is None,
-                          ns=not_supported(driver, "ns") is None, close=True, connections=2)
+        carries = support(driver, capabilities(driver))
+        load = start_load(bench, ew=carries["ew"] is None, ns=carries["ns"] is None,
+                          close=True, connections=2)
         try:
             with Sampler(probe) as sampler:
                 started = time.monotonic()
