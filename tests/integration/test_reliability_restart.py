@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from lbcore.bench.drivers import capabilities, support
+from lbcore.bench.drivers import AGENT_OPTIONS, capabilities, support
 from lbcore.bench.env import BenchCluster
 from lbcore.lab import NetLab
-from lbcore.lab.agents import services_json
+from lbcore.lab.agents import services_json, start_agents
 from lbcore_iptables.render import HOOKS
 
 from .reliability import Sampler, assert_load_clean, kill_and_restart, start_load, stop_and_clean
@@ -170,7 +170,7 @@ def prog_ids(bench: BenchCluster, driver: str) -> set[int]:
 def test_kill_9_and_restart_under_load(bench, driver):
     agents = bench.cluster.agents = []
     try:
-        agents = bench.start(driver, timeout=60)
+        agents = start_agents(bench.cluster, [driver], options=AGENT_OPTIONS, timeout=60)
         if driver == "socklb":
             probe, check = socklb_probe(bench)
         elif driver == "tcnodeport":
