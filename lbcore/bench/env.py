@@ -88,7 +88,10 @@ class BenchCluster:
         for node in cluster.nodes.values():
             # Netfilter as on any real node, for every path alike: the legacy nat table
             # (and so conntrack) exists from the start, not only once iptables has run.
-            node.ns.run(["iptables-legacy", "-t", "nat", "-L", "-n"], check=True)
+            # The xtables lock and the kernel's table mutex are machine-wide: another
+            # namespace's big restore can hold them for seconds.
+            node.ns.run(["iptables-legacy", "-w", "60", "-t", "nat", "-L", "-n"],
+                        check=True, timeout=90)
         backends = []
         for i in range(2):
             pod = cluster.add_pod(f"web-{i}", "worker", {"app": "web", "bk": f"web-{i}"})
