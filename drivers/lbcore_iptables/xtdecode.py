@@ -61,10 +61,15 @@ def _net(lay: Layout, raw: bytes, at: int, mask_at: int) -> tuple[str, int]:
         plen = bin(bits).count("1")
         if bits != ((1 << plen) - 1) << (lay.alen * 8 - plen):
             raise ValueError("non-contiguous mask")
-        net = ipaddress.ip_network(f"{socket.inet_ntop(lay.af, addr)}/{plen}", strict=False)
+        if lay.family == 4:  # what ipaddress prints, without its cost
+            net = (int.from_bytes(addr, "big") & bits).to_bytes(4, "big")
+            text = f"{socket.inet_ntop(socket.AF_INET, net)}/{plen}"
+        else:
+            text = str(ipaddress.ip_network(f"{socket.inet_ntop(lay.af, addr)}/{plen}",
+                                            strict=False))
         if len(_NETS) > 100_000:  # bounded: the addresses of one read back
             _NETS.clear()
-        hit = _NETS[key] = (str(net), plen)
+        hit = _NETS[key] = (text, plen)
     return hit
 
 
