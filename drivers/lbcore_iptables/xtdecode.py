@@ -47,6 +47,7 @@ class Layout:
 
 LAYOUTS = {4: Layout(4), 6: Layout(6)}
 INV_SRCIP = 0x08  # IPT_INV_SRCIP == IP6T_INV_SRCIP
+NO_IFACES = bytes(64)
 _NETS: dict[tuple[int, bytes], tuple[str, int]] = {}
 
 
@@ -246,7 +247,7 @@ def decode_entry(chain: str, raw: bytes, target: str, family: int, protocols: di
     lay = LAYOUTS[family]
     if raw[lay.flags] & ~lay.allowed_flags or raw[lay.invflags] & ~INV_SRCIP:
         return None  # interface, fragment, protocol or destination inversion
-    if any(raw[lay.ifaces:lay.proto]):
+    if raw[lay.ifaces:lay.proto] != NO_IFACES:
         return None  # -i / -o
     _, target_offset, next_offset = lay.offsets.unpack_from(raw, lay.nfcache)
     words: list[str] = []
