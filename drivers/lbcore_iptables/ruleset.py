@@ -41,6 +41,8 @@ class Ruleset:
 
     tables: dict[str, dict[str, list[Rule]]] = field(default_factory=dict)
     deleted: dict[str, set[str]] = field(default_factory=dict)
+    # read back: rules python-iptables had to print with save() (not part of equality)
+    slow_rules: int = field(default=0, compare=False)
 
     def chain(self, table: str, name: str) -> list[Rule]:
         return self.tables.get(table, {}).get(name, [])
