@@ -8,6 +8,7 @@ stacks a duplicate. A foreign program on a hook is never replaced.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -71,9 +72,20 @@ def attachments(cgroup_path: str) -> dict[str, list[bpfsys.AttachedProg]]:
     result: dict[str, list[bpfsys.AttachedProg]] = {}
     with open_cgroup(cgroup_path) as fd:
         for hook in HOOKS:
-            ids = bpfsys.query_cgroup(fd, _attach_type(hook))
-            result[hook.label] = [bpfsys.prog_info(i) for i in ids]
+            result[hook.label] = _attached(fd, _attach_type(hook))
     return result
+
+
+def _attached(cgroup_fd: int, attach_type: int, retries: int = 4) -> list[bpfsys.AttachedProg]:
+    """The programs on one hook. A program replaced (and freed) between the query and
+    the lookup of its id is gone (ENOENT): ask again, the hook holds its successor."""
+    for _ in range(retries):
+        try:
+            return [bpfsys.prog_info(i) for i in bpfsys.query_cgroup(cgroup_fd, attach_type)]
+        except bpfsys.BPFSysError as e:
+            if e.errno != errno.ENOENT:
+                raise
+    return [bpfsys.prog_info(i) for i in bpfsys.query_cgroup(cgroup_fd, attach_type)]
 
 
 def attach_all(bpf: Any, cgroup_path: str) -> None:
