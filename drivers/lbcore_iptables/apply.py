@@ -30,7 +30,7 @@ BACKENDS = ("legacy", "nft")
 # Seconds iptables-legacy-restore waits for /run/xtables.lock. The lock is one file for
 # the whole machine (every network namespace), and a restore at 10,000 services holds it
 # for 10-20 s here; kube-proxy waits 5 s, which made our restores fail while another
-# namespace's large restore ran. (The nft flavour takes no lock.)
+# namespace's large restore ran. (The nft flavour takes no lock.) The `lock_wait` option.
 LOCK_WAIT = 60
 
 
@@ -55,11 +55,12 @@ class Iptables:
     """The iptables tools of one flavour and IP ``family`` (4 or 6), in one network
     namespace (``netns_path``)."""
 
-    def __init__(self, netns_path: str | None, backend: str = "legacy", family: int = 4
-                 ) -> None:
+    def __init__(self, netns_path: str | None, backend: str = "legacy", family: int = 4,
+                 lock_wait: int = LOCK_WAIT) -> None:
         self.netns_path = netns_path
         self.backend = backend
         self.family = family
+        self.lock_wait = lock_wait
 
     def tool(self, name: str) -> str:
         base = "ip6tables" if self.family == 6 else "iptables"
@@ -91,7 +92,7 @@ class Iptables:
         rules: each table is committed as a unit)."""
         if not text:
             return
-        r = self._run(self.command("restore", "--noflush", "-w", str(LOCK_WAIT)), stdin=text)
+        r = self._run(self.command("restore", "--noflush", "-w", str(self.lock_wait)), stdin=text)
         if r.returncode == 0:
             return
         errors = [ln for ln in r.stderr.strip().splitlines() if ln and not ln.startswith("Try")]

@@ -18,7 +18,7 @@ from lbcore.memory import gc_paused
 from lbcore.model import DesiredState, FrontendState, NodeInfo, ServiceKey, ip_family
 
 from . import conntrack, readback
-from .apply import BACKENDS, Iptables
+from .apply import BACKENDS, LOCK_WAIT, Iptables
 from .render import RenderOptions
 from .tables import FamilyTables
 
@@ -61,11 +61,13 @@ class IptablesOptions:
     cluster_cidrs: Mapping[int, str]  # family -> CIDR
     masquerade_all: bool
     flush_conntrack: bool
+    lock_wait: int  # seconds a restore waits for the machine-wide xtables lock
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> IptablesOptions:
         reject_unknown_options(options, NAME, {"netns", "backend", "cluster_cidr",
-                                               "masquerade_all", "flush_conntrack"})
+                                               "masquerade_all", "flush_conntrack",
+                                               "lock_wait"})
         netns = option(options, NAME, "netns", str, "") or None
         if netns and "/" in netns and not os.path.isabs(netns):
             raise ConfigError(f"driver_options.netns: {netns!r} (driver {NAME}; valid: a "
@@ -76,7 +78,8 @@ class IptablesOptions:
                               f"{', '.join(BACKENDS)})")
         return cls(netns, backend, _cluster_cidrs(options.get("cluster_cidr")),
                    option(options, NAME, "masquerade_all", bool, False),
-                   option(options, NAME, "flush_conntrack", bool, True))
+                   option(options, NAME, "flush_conntrack", bool, True),
+                   option(options, NAME, "lock_wait", int, LOCK_WAIT, minimum=1, maximum=3600))
 
     @property
     def netns_path(self) -> str | None:
@@ -99,7 +102,7 @@ class IptablesDriver(Driver):
             render_opts = RenderOptions(
                 self.opts.cluster_cidrs.get(family), self.opts.masquerade_all,
                 tuple(ip for ip in node.addresses if ip_family(ip) == family), family)
-            ipt = Iptables(self.opts.netns_path, self.opts.backend, family)
+            ipt = Iptables(self.opts.netns_path, self.opts.backend, family, self.opts.lock_wait)
             self.tables[family] = FamilyTables(ipt, render_opts)
         self._present: set[ServiceKey] = set()
         self._udp: dict[ServiceKey, UdpMap] = {}

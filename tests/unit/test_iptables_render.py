@@ -166,6 +166,20 @@ def test_bad_cluster_cidr_is_refused_with_the_field(value) -> None:
         IptablesOptions.parse({"cluster_cidr": value})
 
 
+def test_lock_wait_defaults_to_60_s_and_is_handed_to_the_tools() -> None:
+    from lbcore_iptables.apply import Iptables
+
+    assert IptablesOptions.parse({}).lock_wait == 60
+    ipt = Iptables(None, "legacy", 4, IptablesOptions.parse({"lock_wait": 5}).lock_wait)
+    assert ipt.lock_wait == 5
+
+
+@pytest.mark.parametrize("value", [0, -1, "5", True, 3601])
+def test_bad_lock_wait_is_refused_with_the_field(value) -> None:
+    with pytest.raises(ConfigError, match=r"driver_options\.lock_wait"):
+        IptablesOptions.parse({"lock_wait": value})
+
+
 def test_offending_lines_of_both_flavours_errors() -> None:
     text = "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -d 10.0.0.1/32 -j KUBE-SVC-A\nCOMMIT\n"
     legacy = ("iptables-restore v1.8.9 (legacy): Couldn't load target `KUBE-SVC-A':No such "
