@@ -251,10 +251,13 @@ class ProcessesMixin:
             )
         return res
 
-    def wait_listening(self, proc: Proc, port: int, proto: str = "tcp", timeout: float = 5) -> None:
+    def wait_listening(self, proc: Proc, port: int, proto: str = "tcp",
+                       timeout: float = 30) -> None:
         """Wait until ``proc`` has a ``proto`` socket bound to ``port`` in its namespace.
 
         Reads ``/proc/<pid>/net/{tcp,udp}{,6}``, which shows the namespace of ``pid``.
+        Returns as soon as it is; the 30 s are for a machine loaded by other work (at a
+        load average of 16-29 on 2 cores, servers took more than 5 s to bind).
         """
         want_ns = f"net:[{proc.ns.inode}]"
         deadline = time.monotonic() + timeout
