@@ -18,13 +18,16 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lbcore.bench import tools
 from lbcore.bench.env import AGENT_OPTIONS, WEB_NODE_PORT, BenchCluster
+from lbcore.lab import NetLab
 from lbcore.lab.agents import Agent, lbcore_argv, wait_healthy
 from lbcore.lab.procs import Proc
 
@@ -71,6 +74,18 @@ HELD_CONNECTION = textwrap.dedent("""\
     print(json.dumps({"requests": n, "backends": backends, "errors": errors,
                       "local": local}), flush=True)
     """)
+
+
+def bench_cluster() -> Iterator[BenchCluster]:
+    """The body of each test module's ``bench`` fixture: a BenchCluster on a fresh
+    lab, closed afterwards (skips without root)."""
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root (network namespaces, cgroups, eBPF)")
+    lab = NetLab()
+    try:
+        yield BenchCluster.build(lab)
+    finally:
+        lab.close()
 
 
 # New connections in a row (connect, GET /, read to the end, close) until SIGTERM; the

@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 
 from lbcore.bench.env import BenchCluster
-from lbcore.lab import NetLab
 from lbcore.lab.agents import services_json, socklb_options, wait_healthy
 from lbcore_socklb import loader
 
 from .reliability import (
     assert_load_clean,
+    bench_cluster,
     metric,
     respawn,
     scrape,
@@ -49,13 +49,7 @@ LOCK_WAIT = 12  # seconds: the iptables agent's lock_wait in the xtables-lock te
 
 @pytest.fixture(scope="module")
 def bench():
-    if os.geteuid() != 0:
-        pytest.skip("integration tests need root (network namespaces, cgroups, eBPF)")
-    lab = NetLab()
-    try:
-        yield BenchCluster.build(lab)
-    finally:
-        lab.close()
+    yield from bench_cluster()
 
 
 @pytest.fixture

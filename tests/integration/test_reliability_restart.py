@@ -23,11 +23,17 @@ import pytest
 
 from lbcore.bench.drivers import AGENT_OPTIONS, capabilities, support
 from lbcore.bench.env import BenchCluster
-from lbcore.lab import NetLab
 from lbcore.lab.agents import services_json, start_agents
 from lbcore_iptables.render import HOOKS
 
-from .reliability import Sampler, assert_load_clean, kill_and_restart, start_load, stop_and_clean
+from .reliability import (
+    Sampler,
+    assert_load_clean,
+    bench_cluster,
+    kill_and_restart,
+    start_load,
+    stop_and_clean,
+)
 
 pytestmark = pytest.mark.netns
 # socklb last: its direct pod-to-backend connections leave TIME_WAIT 4-tuples that a
@@ -38,13 +44,7 @@ DRIVERS = ["iptables", "nftables", "tcnodeport", "socklb"]
 
 @pytest.fixture(scope="module")
 def bench():
-    if os.geteuid() != 0:
-        pytest.skip("integration tests need root (network namespaces, cgroups, eBPF)")
-    lab = NetLab()
-    try:
-        yield BenchCluster.build(lab)
-    finally:
-        lab.close()
+    yield from bench_cluster()
 
 
 def node_run(bench: BenchCluster, node, *cmd: str) -> str:

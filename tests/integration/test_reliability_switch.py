@@ -11,7 +11,6 @@ and the new one holds the plan (read back). The ordering argument is in
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,13 +18,13 @@ import pytest
 
 from lbcore import ctkeep
 from lbcore.bench.env import BenchCluster
-from lbcore.lab import NetLab
 from lbcore.lab.agents import lbcore_in_node, stop_agents, wait_healthy
 from lbcore_socklb import loader
 
 from .reliability import (
     HELD_CONNECTION,
     assert_load_clean,
+    bench_cluster,
     config_for,
     metric,
     rewrite,
@@ -40,13 +39,7 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture
 def bench():
-    if os.geteuid() != 0:
-        pytest.skip("integration tests need root (network namespaces, cgroups, eBPF)")
-    lab = NetLab()
-    try:
-        yield BenchCluster.build(lab)
-    finally:
-        lab.close()
+    yield from bench_cluster()
 
 
 def datapaths(bench: BenchCluster) -> dict[str, set[str]]:
